@@ -1,0 +1,54 @@
+"""Checks of hyperparameters, run once when a transform is built.
+
+Errors quote the user's call, e.g. ``scale_by_adam(b1=1.5): b1 must be in
+[0, 1)``. Tracers and schedules cannot be checked without running them, so they
+pass through unchecked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+# Each rule: (a predicate on a float64 array, the sentence that completes the error).
+_RULES = {
+    "decay": (lambda x: (x >= 0) & (x < 1), "must be in [0, 1)"),
+    "non_negative": (lambda x: x >= 0, "must be >= 0"),
+}
+
+# Which rule applies to each argument name that adamx's transforms share.
+_ARGUMENT_RULES = {
+    "b1": "decay",
+    "b2": "decay",
+    "decay": "decay",
+    "eps": "non_negative",
+    "eps_root": "non_negative",
+    "learning_rate": "non_negative",
+    "weight_decay": "non_negative",
+}
+
+
+def _concrete(value: Any) -> np.ndarray | None:
+    """``value`` as a float64 array, or None when it cannot be read now."""
+    if callable(value) or isinstance(value, jax.core.Tracer):
+        return None
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+
+
+def check_hyperparameters(caller: str, **arguments: Any) -> None:
+    """Raises ValueError for any concrete hyperparameter outside its range.
+
+    Args:
+      caller: the public name being called, quoted in the error.
+      **arguments: hyperparameters by the names the caller gave them.
+    """
+    for name, value in arguments.items():
+        predicate, sentence = _RULES[_ARGUMENT_RULES[name]]
+        concrete = _concrete(value)
+        if concrete is not None and not np.all(predicate(concrete)):
+            raise ValueError(f"{caller}({name}={value!r}): {name} {sentence}")

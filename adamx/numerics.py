@@ -1,0 +1,161 @@
+"""Shared numerics: the few array functions every adamx transform is built from.
+
+Each function is pure, works on one array (a leaf), and computes in
+:func:`compute_dtype` — float32 or wider — whatever the dtype it was given.
+Transforms read their stored state, call these, and store the results back in
+the state's declared dtype; no transform carries its own copy of a moment
+update or a bias correction.
+
+Hyperparameters enter through :func:`hyperparameter`, which casts Python
+numbers, arrays and tracers to the compute dtype. A ``b2=0.999`` therefore
+stays 0.999 (to float32 precision) even for bfloat16 parameters, where a naive
+cast would round it to 1.0 and silently turn the second moment into a constant.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
+
+__all__ = [
+    "abs_sq",
+    "bias_correction",
+    "bias_correction_factor",
+    "compute_dtype",
+    "hyperparameter",
+    "nesterov_momentum",
+    "scaled_direction",
+    "update_moment",
+]
+
+
+def compute_dtype(dtype: DTypeLike) -> jnp.dtype:
+    """The dtype adamx computes in for values stored as ``dtype``.
+
+    Narrow floats (float16, bfloat16, 8-bit floats) are widened to float32;
+    float64 and complex dtypes are kept, so nothing is computed in less than
+    single precision.
+
+    >>> compute_dtype(jnp.bfloat16)
+    dtype('float32')
+    >>> compute_dtype(jnp.complex64)
+    dtype('complex64')
+    """
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def hyperparameter(value: ArrayLike, dtype: DTypeLike) -> jax.Array:
+    """Casts a hyperparameter to the real part of the compute dtype ``dtype``.
+
+    Python numbers, NumPy and JAX arrays and tracers are all accepted, so a
+    hyperparameter may be a constant, an injected array or a traced value.
+    """
+    real = jnp.finfo(compute_dtype(dtype)).dtype
+    return jnp.asarray(value, dtype=real)
+
+
+def abs_sq(x: jax.Array) -> jax.Array:
+    r"""The element-wise squared modulus :math:`|x|^2`, real for complex ``x``.
+
+    For complex parameters Adam's second moment tracks :math:`|g|^2 =
+    \mathrm{Re}(g)^2 + \mathrm{Im}(g)^2`, not :math:`g^2` (which is complex
+    and can cancel).
+
+    >>> abs_sq(jnp.array([3.0 + 4.0j]))
+    Array([25.], dtype=float32)
+    """
+    if jnp.iscomplexobj(x):
+        return jnp.square(x.real) + jnp.square(x.imag)
+    return jnp.square(x)
+
+
+def update_moment(moment: jax.Array, value: jax.Array, decay: ArrayLike) -> jax.Array:
+    r"""One step of an exponential moving average.
+
+    .. math:: m_t = \beta\, m_{t-1} + (1 - \beta)\, x_t
+
+    with :math:`\beta` = ``decay``, :math:`m_{t-1}` = ``moment`` and
+    :math:`x_t` = ``value``. Started from :math:`m_0 = 0` this is Kingma & Ba's
+    biased moment estimate (2015, Algorithm 1).
+
+    >>> update_moment(jnp.array(0.0), jnp.array(4.0), 0.9)
+    Array(0.4, dtype=float32, weak_type=True)
+    """
+    return (1 - decay) * value + decay * moment
+
+
+def bias_correction_factor(decay: ArrayLike, count: ArrayLike) -> jax.Array:
+    r"""The denominator :math:`1 - \beta^t` of Adam's bias correction.
+
+    A moving average started at zero has expectation
+    :math:`\mathbb{E}[m_t] = (1 - \beta^t)\,\mathbb{E}[x]` for a stationary
+    input, because :math:`(1 - \beta) \sum_{i=1}^t \beta^{t-i}` is a geometric
+    series summing to :math:`1 - \beta^t` (Kingma & Ba 2015, Section 3).
+
+    The factor is evaluated as :math:`-\mathrm{expm1}(t \log \beta)`, which
+    keeps full relative precision when :math:`\beta^t` is close to 1: forming
+    :math:`\beta^t` first and subtracting it from 1 loses up to half the
+    significant digits of float32 at ``decay=0.999``. It is computed in float32
+    or wider — a bfloat16 ``1 - 0.999**t`` would round to 0 — and ``count`` is
+    the 1-based step :math:`t`; at ``count=0`` the factor is 0.
+
+    >>> bias_correction_factor(0.9, 1)
+    Array(0.1, dtype=float32)
+    """
+    decay = jnp.asarray(decay)
+    decay = decay.astype(compute_dtype(decay.dtype))
+    t = jnp.asarray(count).astype(decay.dtype)
+    # 0 ** t is 0 for t >= 1; log(0) * 0 would be NaN at t = 0, so guard both.
+    safe_decay = jnp.where(decay > 0, decay, 1.0)
+    factor = -jnp.expm1(t * jnp.log(safe_decay))
+    return jnp.where(decay > 0, factor, jnp.where(t > 0, 1.0, 0.0).astype(decay.dtype))
+
+
+def bias_correction(value: jax.Array, decay: ArrayLike, count: ArrayLike) -> jax.Array:
+    r"""Divides a moving average by :math:`1 - \beta^t`.
+
+    .. math:: \hat m_t = \frac{m_t}{1 - \beta^t}
+
+    with :math:`\beta` = ``decay`` and :math:`t` = ``count`` (1-based: the first
+    update is :math:`t = 1`, so :math:`\hat m_1 = g_1` exactly). The division
+    runs in :func:`compute_dtype` and the result stays in that dtype.
+
+    >>> bias_correction(jnp.array(0.4), 0.9, 1)
+    Array(4., dtype=float32)
+    """
+    dtype = compute_dtype(value.dtype)
+    factor = bias_correction_factor(hyperparameter(decay, dtype), count)
+    return value.astype(dtype) / factor
+
+
+def scaled_direction(
+    mu_hat: jax.Array, nu_hat: jax.Array, eps: ArrayLike, eps_root: ArrayLike
+) -> jax.Array:
+    r"""Adam's direction :math:`\hat m / (\sqrt{\hat v + \epsilon_{root}} + \epsilon)`.
+
+    ``eps`` keeps the division finite when :math:`\hat v = 0`; ``eps_root``
+    keeps the square root differentiable at zero for meta-learning. Both are
+    added in float32 or wider, so ``eps=1e-8`` is never rounded to zero the
+    way a float16 addition would round it.
+
+    >>> scaled_direction(jnp.array(4.0), jnp.array(16.0), 0.0, 0.0)
+    Array(1., dtype=float32)
+    """
+    return mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps)
+
+
+def nesterov_momentum(
+    mu: jax.Array, grad: jax.Array, decay: ArrayLike, count: ArrayLike
+) -> jax.Array:
+    r"""Nesterov's look-ahead first moment, as in NAdam (Dozat 2016).
+
+    .. math:: \bar m_t = \frac{\beta\, m_t}{1 - \beta^{t+1}}
+        + \frac{(1 - \beta)\, g_t}{1 - \beta^t}
+
+    The momentum term is debiased one step ahead, because it is the part of
+    :math:`m_{t+1}` that is already known at step :math:`t`.
+    """
+    return decay * bias_correction(mu, decay, count + 1) + (
+        1 - decay
+    ) * bias_correction(grad, decay, count)

@@ -1,0 +1,1 @@
+"""adamx's transformations, one module per algorithm family."""
