@@ -22,12 +22,12 @@ def make_optimizer(
     weight_decay: optax.ScalarOrSchedule | None = None,
     mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """``chain(direction, [add_decayed_weights], scale_by_learning_rate)``.
+    r"""``chain(direction, [add_decayed_weights], scale_by_learning_rate)``.
 
-    With ``weight_decay`` given, the decay :math:`\\lambda\\theta` is added to
+    With ``weight_decay`` given, the decay :math:`\lambda\theta` is added to
     the direction *before* the learning rate scales both, as in Loshchilov &
-    Hutter (2019): :math:`\\theta \\leftarrow \\theta - \\eta_t (d_t +
-    \\lambda \\theta)`. Decay is decoupled from the gradient's moments.
+    Hutter (2019): :math:`\theta \leftarrow \theta - \eta_t (d_t +
+    \lambda \theta)`. Decay is decoupled from the gradient's moments.
     """
     check_hyperparameters(caller, learning_rate=learning_rate)
     steps = [direction]

@@ -18,7 +18,10 @@ PyTree = Any
 
 
 def _paths(tree: PyTree) -> list[str]:
-    return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
+    return [
+        jax.tree_util.keystr(path)
+        for path, _ in jax.tree_util.tree_leaves_with_path(tree)
+    ]
 
 
 def check_float_leaves(caller: str, what: str, tree: PyTree) -> None:
@@ -38,7 +41,9 @@ def check_float_leaves(caller: str, what: str, tree: PyTree) -> None:
             )
 
 
-def _flatten_state_like(caller: str, treedef: Any, updates: PyTree, state: PyTree) -> list[Any]:
+def _flatten_state_like(
+    caller: str, treedef: Any, updates: PyTree, state: PyTree
+) -> list[Any]:
     try:
         return treedef.flatten_up_to(state)
     except (ValueError, TypeError) as err:
@@ -72,8 +77,10 @@ def map_leaves(
     check_float_leaves(caller, "update", updates)
     leaves, treedef = jax.tree_util.tree_flatten(updates)
     state_leaves = [_flatten_state_like(caller, treedef, updates, s) for s in states]
-    outputs = [fn(g, *per_leaf) for g, *per_leaf in zip(leaves, *state_leaves)]
-    columns = list(zip(*outputs)) if outputs else [()] * (1 + len(states))
+    outputs = [
+        fn(g, *per_leaf) for g, *per_leaf in zip(leaves, *state_leaves, strict=True)
+    ]
+    columns = list(zip(*outputs, strict=True)) if outputs else [()] * (1 + len(states))
     return tuple(treedef.unflatten(column) for column in columns)
 
 

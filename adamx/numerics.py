@@ -139,8 +139,8 @@ def scaled_direction(
     added in float32 or wider, so ``eps=1e-8`` is never rounded to zero the
     way a float16 addition would round it.
 
-    >>> scaled_direction(jnp.array(4.0), jnp.array(16.0), 0.0, 0.0)
-    Array(1., dtype=float32)
+    >>> scaled_direction(jnp.array([4.0]), jnp.array([16.0]), 0.0, 0.0)
+    Array([1.], dtype=float32)
     """
     return mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps)
 

@@ -22,7 +22,10 @@ from adamx import numerics
 
 __all__ = ["StateStorage", "resolve_storage"]
 
-_COMPLEX_OF = {np.dtype(np.float32): np.dtype(np.complex64), np.dtype(np.float64): np.dtype(np.complex128)}
+_COMPLEX_OF = {
+    np.dtype(np.float32): np.dtype(np.complex64),
+    np.dtype(np.float64): np.dtype(np.complex128),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +70,9 @@ class StateStorage:
         return value.astype(stored.dtype)
 
 
-def resolve_storage(caller: str, arg: str, value: Any, *, real: bool = False) -> StateStorage:
+def resolve_storage(
+    caller: str, arg: str, value: Any, *, real: bool = False
+) -> StateStorage:
     """Validates a ``mu_dtype``/``nu_dtype`` argument once, when a transform is built.
 
     Raises:

@@ -1,4 +1,4 @@
-"""Strict test settings: implicit rank promotion raises, warnings are errors (pyproject)."""
+"""Strict settings: implicit rank promotion raises; pyproject makes warnings errors."""
 
 import os
 

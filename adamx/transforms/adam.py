@@ -145,7 +145,10 @@ def scale_by_adam(
 
         def leaf(g, mu, nu):
             dtype = numerics.compute_dtype(g.dtype)
-            beta1, beta2 = numerics.hyperparameter(b1, dtype), numerics.hyperparameter(b2, dtype)
+            beta1, beta2 = (
+                numerics.hyperparameter(b1, dtype),
+                numerics.hyperparameter(b2, dtype),
+            )
             g32 = g.astype(dtype)
             m = numerics.update_moment(mu_storage.read(mu), g32, beta1)
             v = numerics.update_moment(nu_storage.read(nu), numerics.abs_sq(g32), beta2)
@@ -155,9 +158,16 @@ def scale_by_adam(
                 m_hat = numerics.bias_correction(m, beta1, count)
             v_hat = numerics.bias_correction(v, beta2, count)
             direction = numerics.scaled_direction(
-                m_hat, v_hat, numerics.hyperparameter(eps, dtype), numerics.hyperparameter(eps_root, dtype)
+                m_hat,
+                v_hat,
+                numerics.hyperparameter(eps, dtype),
+                numerics.hyperparameter(eps_root, dtype),
             )
-            return direction.astype(g.dtype), mu_storage.write(m, mu), nu_storage.write(v, nu)
+            return (
+                direction.astype(g.dtype),
+                mu_storage.write(m, mu),
+                nu_storage.write(v, nu),
+            )
 
         updates, mu, nu = map_leaves(caller, leaf, updates, (state.mu, state.nu))
         return updates, ScaleByAdamState(count=count, mu=mu, nu=nu)
@@ -183,7 +193,9 @@ def _adam_family(
     direction = scale_by_adam(
         b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov
     )
-    return make_optimizer(caller, direction, learning_rate, weight_decay=weight_decay, mask=mask)
+    return make_optimizer(
+        caller, direction, learning_rate, weight_decay=weight_decay, mask=mask
+    )
 
 
 def adam(
@@ -210,8 +222,17 @@ def adam(
     Array(0.6, dtype=float32)
     """
     return _adam_family(
-        "adam", learning_rate, b1, b2, eps, eps_root, weight_decay=None, mask=None,
-        mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov,
+        "adam",
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        eps_root,
+        weight_decay=None,
+        mask=None,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+        nesterov=nesterov,
     )
 
 
@@ -242,8 +263,17 @@ def adamw(
       https://arxiv.org/abs/1711.05101
     """
     return _adam_family(
-        "adamw", learning_rate, b1, b2, eps, eps_root, weight_decay=weight_decay,
-        mask=mask, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov,
+        "adamw",
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        eps_root,
+        weight_decay=weight_decay,
+        mask=mask,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+        nesterov=nesterov,
     )
 
 
@@ -259,8 +289,17 @@ def nadam(
 ) -> optax.GradientTransformationExtraArgs:
     """NAdam: :func:`adam` with ``nesterov=True`` (Dozat 2016), as ``optax.nadam``."""
     return _adam_family(
-        "nadam", learning_rate, b1, b2, eps, eps_root, weight_decay=None, mask=None,
-        mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=True,
+        "nadam",
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        eps_root,
+        weight_decay=None,
+        mask=None,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+        nesterov=True,
     )
 
 
@@ -278,6 +317,15 @@ def nadamw(
 ) -> optax.GradientTransformationExtraArgs:
     """NAdamW: :func:`adamw` with ``nesterov=True``, as ``optax.nadamw``."""
     return _adam_family(
-        "nadamw", learning_rate, b1, b2, eps, eps_root, weight_decay=weight_decay,
-        mask=mask, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=True,
+        "nadamw",
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        eps_root,
+        weight_decay=weight_decay,
+        mask=mask,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+        nesterov=True,
     )

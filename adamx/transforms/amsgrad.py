@@ -17,13 +17,13 @@ from adamx.storage import resolve_storage
 
 
 class ScaleByAmsgradState(NamedTuple):
-    """State of :func:`scale_by_amsgrad`.
+    r"""State of :func:`scale_by_amsgrad`.
 
     Attributes:
       count: int32 scalar, the number of updates seen, saturating.
       mu: :math:`m_t`, the biased first moment, in ``mu_dtype``.
       nu: :math:`v_t`, the biased second moment, in ``nu_dtype``.
-      nu_max: :math:`\\hat v_t`, the running maximum, in ``nu_dtype``.
+      nu_max: :math:`\hat v_t`, the running maximum, in ``nu_dtype``.
     """
 
     count: jax.Array
@@ -118,7 +118,10 @@ def scale_by_amsgrad(
 
         def leaf(g, mu, nu, nu_max):
             dtype = numerics.compute_dtype(g.dtype)
-            beta1, beta2 = numerics.hyperparameter(b1, dtype), numerics.hyperparameter(b2, dtype)
+            beta1, beta2 = (
+                numerics.hyperparameter(b1, dtype),
+                numerics.hyperparameter(b2, dtype),
+            )
             g32 = g.astype(dtype)
             m = numerics.update_moment(mu_storage.read(mu), g32, beta1)
             v = numerics.update_moment(nu_storage.read(nu), numerics.abs_sq(g32), beta2)
@@ -126,7 +129,10 @@ def scale_by_amsgrad(
             v_candidate = numerics.bias_correction(v, beta2, count) if debias else v
             v_max = jnp.maximum(nu_storage.read(nu_max), v_candidate)
             direction = numerics.scaled_direction(
-                m_hat, v_max, numerics.hyperparameter(eps, dtype), numerics.hyperparameter(eps_root, dtype)
+                m_hat,
+                v_max,
+                numerics.hyperparameter(eps, dtype),
+                numerics.hyperparameter(eps_root, dtype),
             )
             return (
                 direction.astype(g.dtype),
@@ -162,7 +168,12 @@ def amsgrad(
     """
     check_hyperparameters("amsgrad", b1=b1, b2=b2, eps=eps, eps_root=eps_root)
     direction = scale_by_amsgrad(
-        b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
+        b1,
+        b2,
+        eps,
+        eps_root,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
         bias_correction=bias_correction,
     )
     return make_optimizer("amsgrad", direction, learning_rate)
