@@ -46,7 +46,7 @@ def compute_dtype(dtype: DTypeLike) -> jnp.dtype:
 
 
 def hyperparameter(value: ArrayLike, dtype: DTypeLike) -> jax.Array:
-    """Casts a hyperparameter to the real part of the compute dtype ``dtype``.
+    """Casts a hyperparameter to the real float32-or-wider compute dtype of ``dtype``.
 
     Python numbers, NumPy and JAX arrays and tracers are all accepted, so a
     hyperparameter may be a constant, an injected array or a traced value.

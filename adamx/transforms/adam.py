@@ -287,7 +287,16 @@ def nadam(
     mu_dtype: DTypeLike | None = None,
     nu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """NAdam: :func:`adam` with ``nesterov=True`` (Dozat 2016), as ``optax.nadam``."""
+    r"""NAdam: :func:`adam` with Nesterov momentum, as ``optax.nadam``.
+
+    :math:`\hat m_t` is replaced by the look-ahead
+    :math:`\beta_1 m_t/(1-\beta_1^{t+1}) + (1-\beta_1) g_t/(1-\beta_1^t)`
+    (:func:`adamx.numerics.nesterov_momentum`).
+
+    References:
+      Dozat, *Incorporating Nesterov Momentum into Adam*, ICLR Workshop 2016.
+      https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ
+    """
     return _adam_family(
         "nadam",
         learning_rate,
@@ -315,7 +324,10 @@ def nadamw(
     mu_dtype: DTypeLike | None = None,
     nu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """NAdamW: :func:`adamw` with ``nesterov=True``, as ``optax.nadamw``."""
+    """NAdamW: :func:`adamw` with the Nesterov momentum of :func:`nadam`.
+
+    Matches ``optax.nadamw``; decoupled weight decay as in :func:`adamw`.
+    """
     return _adam_family(
         "nadamw",
         learning_rate,
