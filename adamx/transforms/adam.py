@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
 from adamx._alias import make_optimizer
-from adamx._tree import init_leaves, map_leaves
+from adamx._transform import moment_transform
 from adamx._validation import check_hyperparameters
 from adamx.storage import resolve_storage
 
@@ -128,51 +127,26 @@ def scale_by_adam(
       https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ
     """
     caller = "scale_by_adam"
-    check_hyperparameters(caller, b1=b1, b2=b2, eps=eps, eps_root=eps_root)
-    mu_storage = resolve_storage(caller, "mu_dtype", mu_dtype)
-    nu_storage = resolve_storage(caller, "nu_dtype", nu_dtype, real=True)
+    hyperparameters = {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}
+    check_hyperparameters(caller, **hyperparameters)
+    storages = (
+        resolve_storage(caller, "mu_dtype", mu_dtype),
+        resolve_storage(caller, "nu_dtype", nu_dtype, real=True),
+    )
 
-    def init_fn(params: optax.Params) -> ScaleByAdamState:
-        return ScaleByAdamState(
-            count=jnp.zeros([], jnp.int32),
-            mu=init_leaves(caller, mu_storage.init, params),
-            nu=init_leaves(caller, nu_storage.init, params),
-        )
+    def leaf_update(g, m, v, *, count, b1, b2, eps, eps_root):
+        m = numerics.update_moment(m, g, b1)
+        v = numerics.update_moment(v, numerics.abs_sq(g), b2)
+        if nesterov:
+            m_hat = numerics.nesterov_momentum(m, g, b1, count)
+        else:
+            m_hat = numerics.bias_correction(m, b1, count)
+        v_hat = numerics.bias_correction(v, b2, count)
+        return numerics.scaled_direction(m_hat, v_hat, eps, eps_root), m, v
 
-    def update_fn(updates, state, params=None):
-        del params
-        count = optax.safe_increment(state.count)
-
-        def leaf(g, mu, nu):
-            dtype = numerics.compute_dtype(g.dtype)
-            beta1, beta2 = (
-                numerics.hyperparameter(b1, dtype),
-                numerics.hyperparameter(b2, dtype),
-            )
-            g32 = g.astype(dtype)
-            m = numerics.update_moment(mu_storage.read(mu), g32, beta1)
-            v = numerics.update_moment(nu_storage.read(nu), numerics.abs_sq(g32), beta2)
-            if nesterov:
-                m_hat = numerics.nesterov_momentum(m, g32, beta1, count)
-            else:
-                m_hat = numerics.bias_correction(m, beta1, count)
-            v_hat = numerics.bias_correction(v, beta2, count)
-            direction = numerics.scaled_direction(
-                m_hat,
-                v_hat,
-                numerics.hyperparameter(eps, dtype),
-                numerics.hyperparameter(eps_root, dtype),
-            )
-            return (
-                direction.astype(g.dtype),
-                mu_storage.write(m, mu),
-                nu_storage.write(v, nu),
-            )
-
-        updates, mu, nu = map_leaves(caller, leaf, updates, (state.mu, state.nu))
-        return updates, ScaleByAdamState(count=count, mu=mu, nu=nu)
-
-    return optax.GradientTransformation(init_fn, update_fn)
+    return moment_transform(
+        caller, ScaleByAdamState, storages, hyperparameters, leaf_update
+    )
 
 
 def _adam_family(

@@ -11,7 +11,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
 from adamx._alias import make_optimizer
-from adamx._tree import init_leaves, map_leaves
+from adamx._transform import moment_transform
 from adamx._validation import check_hyperparameters
 from adamx.storage import resolve_storage
 
@@ -98,55 +98,23 @@ def scale_by_amsgrad(
       https://openreview.net/forum?id=ryQu7f-RZ
     """
     caller = "scale_by_amsgrad"
-    check_hyperparameters(caller, b1=b1, b2=b2, eps=eps, eps_root=eps_root)
-    mu_storage = resolve_storage(caller, "mu_dtype", mu_dtype)
+    hyperparameters = {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}
+    check_hyperparameters(caller, **hyperparameters)
     nu_storage = resolve_storage(caller, "nu_dtype", nu_dtype, real=True)
+    storages = (resolve_storage(caller, "mu_dtype", mu_dtype), nu_storage, nu_storage)
     debias = bias_correction
 
-    def init_fn(params: optax.Params) -> ScaleByAmsgradState:
-        # nu and nu_max get buffers of their own, so donating the state works.
-        return ScaleByAmsgradState(
-            count=jnp.zeros([], jnp.int32),
-            mu=init_leaves(caller, mu_storage.init, params),
-            nu=init_leaves(caller, nu_storage.init, params),
-            nu_max=init_leaves(caller, nu_storage.init, params),
-        )
+    def leaf_update(g, m, v, v_max, *, count, b1, b2, eps, eps_root):
+        m = numerics.update_moment(m, g, b1)
+        v = numerics.update_moment(v, numerics.abs_sq(g), b2)
+        m_hat = numerics.bias_correction(m, b1, count) if debias else m
+        v_candidate = numerics.bias_correction(v, b2, count) if debias else v
+        v_max = jnp.maximum(v_max, v_candidate)
+        return numerics.scaled_direction(m_hat, v_max, eps, eps_root), m, v, v_max
 
-    def update_fn(updates, state, params=None):
-        del params
-        count = optax.safe_increment(state.count)
-
-        def leaf(g, mu, nu, nu_max):
-            dtype = numerics.compute_dtype(g.dtype)
-            beta1, beta2 = (
-                numerics.hyperparameter(b1, dtype),
-                numerics.hyperparameter(b2, dtype),
-            )
-            g32 = g.astype(dtype)
-            m = numerics.update_moment(mu_storage.read(mu), g32, beta1)
-            v = numerics.update_moment(nu_storage.read(nu), numerics.abs_sq(g32), beta2)
-            m_hat = numerics.bias_correction(m, beta1, count) if debias else m
-            v_candidate = numerics.bias_correction(v, beta2, count) if debias else v
-            v_max = jnp.maximum(nu_storage.read(nu_max), v_candidate)
-            direction = numerics.scaled_direction(
-                m_hat,
-                v_max,
-                numerics.hyperparameter(eps, dtype),
-                numerics.hyperparameter(eps_root, dtype),
-            )
-            return (
-                direction.astype(g.dtype),
-                mu_storage.write(m, mu),
-                nu_storage.write(v, nu),
-                nu_storage.write(v_max, nu_max),
-            )
-
-        updates, mu, nu, nu_max = map_leaves(
-            caller, leaf, updates, (state.mu, state.nu, state.nu_max)
-        )
-        return updates, ScaleByAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu_max)
-
-    return optax.GradientTransformation(init_fn, update_fn)
+    return moment_transform(
+        caller, ScaleByAmsgradState, storages, hyperparameters, leaf_update
+    )
 
 
 def amsgrad(

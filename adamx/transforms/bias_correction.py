@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
 from adamx import numerics
-from adamx._tree import map_leaves
+from adamx._transform import moment_transform
 from adamx._validation import check_hyperparameters
 
 
@@ -62,18 +61,9 @@ def bias_correction(decay: ArrayLike) -> optax.GradientTransformation:
     caller = "bias_correction"
     check_hyperparameters(caller, decay=decay)
 
-    def init_fn(params: optax.Params) -> BiasCorrectionState:
-        del params
-        return BiasCorrectionState(count=jnp.zeros([], jnp.int32))
+    def leaf_update(x, *, count, decay):
+        return (numerics.bias_correction(x, decay, count),)
 
-    def update_fn(updates, state, params=None):
-        del params
-        count = optax.safe_increment(state.count)
-
-        def leaf(x):
-            return (numerics.bias_correction(x, decay, count).astype(x.dtype),)
-
-        (updates,) = map_leaves(caller, leaf, updates, ())
-        return updates, BiasCorrectionState(count=count)
-
-    return optax.GradientTransformation(init_fn, update_fn)
+    return moment_transform(
+        caller, BiasCorrectionState, (), {"decay": decay}, leaf_update
+    )

@@ -1,0 +1,74 @@
+"""The one skeleton every adamx ``scale_by_*`` is built on.
+
+A variant supplies only its per-leaf maths: a function of the gradient and its
+moments, already read into the compute dtype, plus the step count and the
+hyperparameters cast to that dtype. This module does the rest once for all
+variants: the saturating int32 count, zero moments at ``init``, reading and
+writing the declared storage, casting the update back to the gradient's
+dtype, and the leaf-by-leaf walk with its errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adamx import numerics
+from adamx._tree import init_leaves, map_leaves
+from adamx.storage import StateStorage
+
+LeafUpdate = Callable[..., tuple[jax.Array, ...]]
+
+
+def moment_transform(
+    caller: str,
+    state_type: type[NamedTuple],
+    storages: Sequence[StateStorage],
+    hyperparameters: Mapping[str, Any],
+    leaf_update: LeafUpdate,
+) -> optax.GradientTransformation:
+    """Builds a transformation whose state is ``state_type(count, *moments)``.
+
+    Args:
+      caller: the public name, quoted in errors.
+      state_type: a NamedTuple whose first field is ``count`` and whose other
+        fields are the moments, in the order of ``storages``.
+      storages: how each moment is stored.
+      hyperparameters: name to value (number, array or tracer); each reaches
+        ``leaf_update`` cast to the leaf's compute dtype.
+      leaf_update: ``leaf_update(g, *moments, count=t, **hyperparameters) ->
+        (update, *new_moments)``, all in the compute dtype; ``t`` is the
+        1-based step.
+
+    Returns:
+      The ``optax.GradientTransformation``.
+    """
+
+    def init_fn(params: optax.Params) -> NamedTuple:
+        moments = [init_leaves(caller, storage.init, params) for storage in storages]
+        return state_type(jnp.zeros([], jnp.int32), *moments)
+
+    def update_fn(updates, state, params=None):
+        del params
+        count = optax.safe_increment(state.count)
+
+        def leaf(g, *stored):
+            dtype = numerics.compute_dtype(g.dtype)
+            cast = {
+                k: numerics.hyperparameter(v, dtype) for k, v in hyperparameters.items()
+            }
+            moments = [s.read(x) for s, x in zip(storages, stored, strict=True)]
+            update, *new = leaf_update(g.astype(dtype), *moments, count=count, **cast)
+            written = [
+                s.write(n, x) for s, n, x in zip(storages, new, stored, strict=True)
+            ]
+            return (update.astype(g.dtype), *written)
+
+        updates, *moments = map_leaves(caller, leaf, updates, tuple(state)[1:])
+        return updates, state_type(count, *moments)
+
+    return optax.GradientTransformation(init_fn, update_fn)
