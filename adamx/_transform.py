@@ -38,8 +38,9 @@ def moment_transform(
       state_type: a NamedTuple whose first field is ``count`` and whose other
         fields are the moments, in the order of ``storages``.
       storages: how each moment is stored.
-      hyperparameters: name to value (number, array or tracer); each reaches
-        ``leaf_update`` cast to the leaf's compute dtype.
+      hyperparameters: name to value (number, array or tracer) or schedule (a
+        callable of the 0-based step, as optax schedules are); each reaches
+        ``leaf_update`` evaluated and cast to the leaf's compute dtype.
       leaf_update: ``leaf_update(g, *moments, count=t, **hyperparameters) ->
         (update, *new_moments)``, all in the compute dtype; ``t`` is the
         1-based step.
@@ -55,12 +56,14 @@ def moment_transform(
     def update_fn(updates, state, params=None):
         del params
         count = optax.safe_increment(state.count)
+        values = {
+            name: value(state.count) if callable(value) else value
+            for name, value in hyperparameters.items()
+        }
 
         def leaf(g, *stored):
             dtype = numerics.compute_dtype(g.dtype)
-            cast = {
-                k: numerics.hyperparameter(v, dtype) for k, v in hyperparameters.items()
-            }
+            cast = {k: numerics.hyperparameter(v, dtype) for k, v in values.items()}
             moments = [s.read(x) for s, x in zip(storages, stored, strict=True)]
             update, *new = leaf_update(g.astype(dtype), *moments, count=count, **cast)
             written = [
