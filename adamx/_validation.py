@@ -27,6 +27,17 @@ _ARGUMENT_RULES = {
     "eps_root": "non_negative",
     "learning_rate": "non_negative",
     "weight_decay": "non_negative",
+    # The framework presets' own names (adamx.compat).
+    "lr": "non_negative",
+    "betas": "decay",
+    "beta_1": "decay",
+    "beta_2": "decay",
+    "epsilon": "non_negative",
+    "initial_accumulator_value": "non_negative",
+    "b3": "decay",
+    "alpha": "non_negative",
+    "b_start": "decay",
+    "warmup_steps": "non_negative",
 }
 
 

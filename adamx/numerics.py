@@ -23,6 +23,7 @@ __all__ = [
     "bias_correction",
     "bias_correction_factor",
     "compute_dtype",
+    "epsilon_hat",
     "hyperparameter",
     "nesterov_momentum",
     "scaled_direction",
@@ -159,3 +160,29 @@ def nesterov_momentum(
     return decay * bias_correction(mu, decay, count + 1) + (
         1 - decay
     ) * bias_correction(grad, decay, count)
+
+
+def epsilon_hat(
+    eps: ArrayLike, eps_root: ArrayLike, decay: ArrayLike, count: ArrayLike
+) -> tuple[jax.Array, jax.Array]:
+    r"""Moves :math:`\epsilon` and :math:`\epsilon_{root}` to the raw-moment scale.
+
+    Kingma & Ba (2015, end of Section 2) note that the last lines of Adam can be
+    reordered as :math:`\alpha_t = \alpha \sqrt{1 - \beta_2^t} / (1 - \beta_1^t)`
+    and :math:`\theta_t = \theta_{t-1} - \alpha_t\, m_t / (\sqrt{v_t} + \hat\epsilon)`,
+    with :math:`\hat\epsilon` added to the *uncorrected* :math:`\sqrt{v_t}`;
+    Keras and TensorFlow use this form. It equals
+    :math:`\hat m_t / (\sqrt{\hat v_t} + \hat\epsilon / \sqrt{1 - \beta_2^t})`,
+    so the ε̂ form is the standard one with
+
+    .. math:: \epsilon \to \hat\epsilon / \sqrt{1 - \beta_2^t}, \qquad
+        \epsilon_{root} \to \epsilon_{root} / (1 - \beta_2^t)
+
+    which is what this returns, for ``decay`` :math:`= \beta_2`.
+
+    >>> eps, _ = epsilon_hat(1e-7, 0.0, 0.999, 1)
+    >>> print(f"{float(eps):.4g}")
+    3.162e-06
+    """
+    factor = bias_correction_factor(decay, count)
+    return eps / jnp.sqrt(factor), eps_root / factor

@@ -41,6 +41,7 @@ def scale_by_adam(
     mu_dtype: DTypeLike | None = None,
     nu_dtype: DTypeLike | None = None,
     nesterov: bool = False,
+    epsilon_hat: bool = False,
 ) -> optax.GradientTransformation:
     r"""Scales updates by Adam's bias-corrected moment ratio.
 
@@ -99,6 +100,12 @@ def scale_by_adam(
       nesterov: use Nesterov momentum (NAdam, Dozat 2016):
         :math:`\hat m_t` becomes :func:`adamx.numerics.nesterov_momentum`.
         Matches ``optax.scale_by_adam(nesterov=True)``.
+      epsilon_hat: add ``eps`` to the *uncorrected* :math:`\sqrt{v_t}`, as in
+        Kingma & Ba's reordered update :math:`\alpha_t = \alpha
+        \sqrt{1-\beta_2^t}/(1-\beta_1^t)`, :math:`u_t \propto m_t /
+        (\sqrt{v_t} + \hat\epsilon)` (Keras and TensorFlow):
+        see :func:`adamx.numerics.epsilon_hat`. It matters while
+        :math:`\sqrt{v}` is comparable to ``eps``.
 
     Returns:
       An ``optax.GradientTransformation`` with state :class:`ScaleByAdamState`.
@@ -142,6 +149,8 @@ def scale_by_adam(
         else:
             m_hat = numerics.bias_correction(m, b1, count)
         v_hat = numerics.bias_correction(v, b2, count)
+        if epsilon_hat:
+            eps, eps_root = numerics.epsilon_hat(eps, eps_root, b2, count)
         return numerics.scaled_direction(m_hat, v_hat, eps, eps_root), m, v
 
     return moment_transform(
@@ -152,23 +161,18 @@ def scale_by_adam(
 def _adam_family(
     caller: str,
     learning_rate: optax.ScalarOrSchedule,
-    b1: ArrayLike,
-    b2: ArrayLike,
-    eps: ArrayLike,
-    eps_root: ArrayLike,
-    *,
     weight_decay: optax.ScalarOrSchedule | None,
     mask: Any,
-    mu_dtype: DTypeLike | None,
-    nu_dtype: DTypeLike | None,
-    nesterov: bool,
+    **direction: Any,
 ) -> optax.GradientTransformationExtraArgs:
-    check_hyperparameters(caller, b1=b1, b2=b2, eps=eps, eps_root=eps_root)
-    direction = scale_by_adam(
-        b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov
-    )
+    hyperparameters = ("b1", "b2", "eps", "eps_root")
+    check_hyperparameters(caller, **{k: direction[k] for k in hyperparameters})
     return make_optimizer(
-        caller, direction, learning_rate, weight_decay=weight_decay, mask=mask
+        caller,
+        scale_by_adam(**direction),
+        learning_rate,
+        weight_decay=weight_decay,
+        mask=mask,
     )
 
 
@@ -182,6 +186,7 @@ def adam(
     mu_dtype: DTypeLike | None = None,
     nu_dtype: DTypeLike | None = None,
     nesterov: bool = False,
+    epsilon_hat: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Adam: :func:`scale_by_adam` followed by the step :math:`-\alpha_t u_t`.
 
@@ -196,18 +201,10 @@ def adam(
     Array(0.6, dtype=float32)
     """
     return _adam_family(
-        "adam",
-        learning_rate,
-        b1,
-        b2,
-        eps,
-        eps_root,
-        weight_decay=None,
-        mask=None,
-        mu_dtype=mu_dtype,
-        nu_dtype=nu_dtype,
-        nesterov=nesterov,
-    )
+        "adam", learning_rate, None, None, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
+        mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov,
+        epsilon_hat=epsilon_hat,
+    )  # fmt: skip
 
 
 def adamw(
@@ -222,6 +219,7 @@ def adamw(
     mu_dtype: DTypeLike | None = None,
     nu_dtype: DTypeLike | None = None,
     nesterov: bool = False,
+    epsilon_hat: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdamW: Adam with decoupled weight decay (Loshchilov & Hutter 2019).
 
@@ -237,18 +235,10 @@ def adamw(
       https://arxiv.org/abs/1711.05101
     """
     return _adam_family(
-        "adamw",
-        learning_rate,
-        b1,
-        b2,
-        eps,
-        eps_root,
-        weight_decay=weight_decay,
-        mask=mask,
-        mu_dtype=mu_dtype,
-        nu_dtype=nu_dtype,
-        nesterov=nesterov,
-    )
+        "adamw", learning_rate, weight_decay, mask, b1=b1, b2=b2, eps=eps,
+        eps_root=eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov,
+        epsilon_hat=epsilon_hat,
+    )  # fmt: skip
 
 
 def nadam(
@@ -272,18 +262,9 @@ def nadam(
       https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ
     """
     return _adam_family(
-        "nadam",
-        learning_rate,
-        b1,
-        b2,
-        eps,
-        eps_root,
-        weight_decay=None,
-        mask=None,
-        mu_dtype=mu_dtype,
-        nu_dtype=nu_dtype,
-        nesterov=True,
-    )
+        "nadam", learning_rate, None, None, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
+        mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=True,
+    )  # fmt: skip
 
 
 def nadamw(
@@ -303,15 +284,6 @@ def nadamw(
     Matches ``optax.nadamw``; decoupled weight decay as in :func:`adamw`.
     """
     return _adam_family(
-        "nadamw",
-        learning_rate,
-        b1,
-        b2,
-        eps,
-        eps_root,
-        weight_decay=weight_decay,
-        mask=mask,
-        mu_dtype=mu_dtype,
-        nu_dtype=nu_dtype,
-        nesterov=True,
-    )
+        "nadamw", learning_rate, weight_decay, mask, b1=b1, b2=b2, eps=eps,
+        eps_root=eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=True,
+    )  # fmt: skip

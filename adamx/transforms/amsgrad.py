@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,8 @@ class ScaleByAmsgradState(NamedTuple):
       count: int32 scalar, the number of updates seen, saturating.
       mu: :math:`m_t`, the biased first moment, in ``mu_dtype``.
       nu: :math:`v_t`, the biased second moment, in ``nu_dtype``.
-      nu_max: :math:`\hat v_t`, the running maximum, in ``nu_dtype``.
+      nu_max: :math:`\hat v_t`, the running maximum (of corrected or raw
+        :math:`v`, per ``max_of``), in ``nu_dtype``.
     """
 
     count: jax.Array
@@ -41,6 +42,9 @@ def scale_by_amsgrad(
     mu_dtype: DTypeLike | None = None,
     nu_dtype: DTypeLike | None = None,
     bias_correction: bool = True,
+    max_of: Literal["corrected", "raw"] | None = None,
+    nesterov: bool = False,
+    epsilon_hat: bool = False,
 ) -> optax.GradientTransformation:
     r"""Scales updates by AMSGrad's ratio, whose denominator never shrinks.
 
@@ -66,6 +70,18 @@ def scale_by_amsgrad(
         \hat v_t = \max\bigl(\hat v_{t-1},\, v_t / (1 - \beta_2^t)\bigr), \qquad
         u_t = \frac{m_t / (1 - \beta_1^t)}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}
 
+    With ``max_of="raw"`` the maximum is taken over the raw :math:`v_t` and
+    only then debiased, as PyTorch (``amsgrad=True``) and Keras do:
+
+    .. math::
+
+        \hat v_t = \max(\hat v_{t-1}, v_t), \qquad
+        u_t = \frac{m_t / (1 - \beta_1^t)}
+        {\sqrt{\hat v_t / (1 - \beta_2^t) + \epsilon_{root}} + \epsilon}
+
+    The two differ because :math:`1 - \beta_2^t` grows: a maximum of corrected
+    values remembers an early :math:`v_1/(1-\beta_2)`, one of raw values does not.
+
     Symbols map to arguments as in :func:`adamx.scale_by_adam`, and so do the
     numerics: float32-or-wider arithmetic, stored dtypes kept, updates in the
     gradient's dtype.
@@ -80,6 +96,16 @@ def scale_by_amsgrad(
         each parameter's real dtype.
       bias_correction: debias both moments (optax's convention) or none
         (Reddi et al.'s).
+      max_of: with ``bias_correction``, take the maximum over the corrected
+        :math:`v_t/(1-\beta_2^t)` (``"corrected"``, the default, optax's) or
+        over the raw :math:`v_t` (``"raw"``, PyTorch's and Keras's). Without
+        bias correction the maximum is over raw :math:`v_t` and only
+        ``None`` or ``"raw"`` are accepted.
+      nesterov: use the Nesterov look-ahead first moment, as in
+        :func:`adamx.scale_by_adam`; without bias correction it is
+        :math:`\beta_1 m_t + (1-\beta_1) g_t`.
+      epsilon_hat: add ``eps`` on the uncorrected scale, as Keras does
+        (:func:`adamx.numerics.epsilon_hat`); needs ``bias_correction``.
 
     Returns:
       An ``optax.GradientTransformation`` with state :class:`ScaleByAmsgradState`.
@@ -103,14 +129,38 @@ def scale_by_amsgrad(
     nu_storage = resolve_storage(caller, "nu_dtype", nu_dtype, real=True)
     storages = (resolve_storage(caller, "mu_dtype", mu_dtype), nu_storage, nu_storage)
     debias = bias_correction
+    if max_of not in (None, "corrected", "raw"):
+        raise ValueError(f'{caller}(max_of={max_of!r}): use "corrected" or "raw"')
+    if not debias and max_of == "corrected":
+        raise ValueError(
+            f'{caller}(bias_correction=False, max_of="corrected"): there is no '
+            "corrected moment to take the maximum of"
+        )
+    if not debias and epsilon_hat:
+        raise ValueError(
+            f"{caller}(bias_correction=False, epsilon_hat=True): epsilon-hat only "
+            "differs from eps when the second moment is bias-corrected"
+        )
+    raw_max = max_of == "raw" or not debias
 
     def leaf_update(g, m, v, v_max, *, count, b1, b2, eps, eps_root):
         m = numerics.update_moment(m, g, b1)
         v = numerics.update_moment(v, numerics.abs_sq(g), b2)
-        m_hat = numerics.bias_correction(m, b1, count) if debias else m
-        v_candidate = numerics.bias_correction(v, b2, count) if debias else v
-        v_max = jnp.maximum(v_max, v_candidate)
-        return numerics.scaled_direction(m_hat, v_max, eps, eps_root), m, v, v_max
+        if nesterov and debias:
+            m_hat = numerics.nesterov_momentum(m, g, b1, count)
+        elif nesterov:
+            m_hat = numerics.update_moment(m, g, b1)
+        else:
+            m_hat = numerics.bias_correction(m, b1, count) if debias else m
+        if raw_max:
+            v_max = jnp.maximum(v_max, v)
+            v_hat = numerics.bias_correction(v_max, b2, count) if debias else v_max
+        else:
+            v_max = jnp.maximum(v_max, numerics.bias_correction(v, b2, count))
+            v_hat = v_max
+        if epsilon_hat:
+            eps, eps_root = numerics.epsilon_hat(eps, eps_root, b2, count)
+        return numerics.scaled_direction(m_hat, v_hat, eps, eps_root), m, v, v_max
 
     return moment_transform(
         caller, ScaleByAmsgradState, storages, hyperparameters, leaf_update
@@ -127,6 +177,9 @@ def amsgrad(
     mu_dtype: DTypeLike | None = None,
     nu_dtype: DTypeLike | None = None,
     bias_correction: bool = True,
+    max_of: Literal["corrected", "raw"] | None = None,
+    nesterov: bool = False,
+    epsilon_hat: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AMSGrad: :func:`scale_by_amsgrad` followed by the step :math:`-\alpha_t u_t`.
 
@@ -143,5 +196,8 @@ def amsgrad(
         mu_dtype=mu_dtype,
         nu_dtype=nu_dtype,
         bias_correction=bias_correction,
+        max_of=max_of,
+        nesterov=nesterov,
+        epsilon_hat=epsilon_hat,
     )
     return make_optimizer("amsgrad", direction, learning_rate)
