@@ -3,9 +3,9 @@
 A variant supplies only its per-leaf maths: a function of the gradient and its
 moments, already read into the compute dtype, plus the step count and the
 hyperparameters cast to that dtype. This module does the rest once for all
-variants: the saturating int32 count, zero moments at ``init``, reading and
-writing the declared storage, casting the update back to the gradient's
-dtype, and the leaf-by-leaf walk with its errors.
+variants: the saturating int32 count, the starting moments at ``init`` (zero
+unless given), reading and writing the declared storage, casting the update
+back to the gradient's dtype, and the leaf-by-leaf walk with its errors.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import optax
 
 from adamx import numerics
 from adamx._tree import init_leaves, map_leaves
+from adamx._validation import caller_name
 from adamx.storage import StateStorage
 
 LeafUpdate = Callable[..., tuple[jax.Array, ...]]
@@ -30,6 +31,8 @@ def moment_transform(
     storages: Sequence[StateStorage],
     hyperparameters: Mapping[str, Any],
     leaf_update: LeafUpdate,
+    *,
+    initial_values: Sequence[Any] | None = None,
 ) -> optax.GradientTransformation:
     """Builds a transformation whose state is ``state_type(count, *moments)``.
 
@@ -44,13 +47,21 @@ def moment_transform(
       leaf_update: ``leaf_update(g, *moments, count=t, **hyperparameters) ->
         (update, *new_moments)``, all in the compute dtype; ``t`` is the
         1-based step.
+      initial_values: the scalar each moment starts from, in the order of
+        ``storages`` (a number, array or tracer); None starts every moment at
+        zero.
 
     Returns:
       The ``optax.GradientTransformation``.
     """
+    caller = caller_name(caller)
 
     def init_fn(params: optax.Params) -> NamedTuple:
-        moments = [init_leaves(caller, storage.init, params) for storage in storages]
+        starts = (0.0,) * len(storages) if initial_values is None else initial_values
+        moments = [
+            init_leaves(caller, lambda p, s=storage, v=start: s.init(p, v), params)
+            for storage, start in zip(storages, starts, strict=True)
+        ]
         return state_type(jnp.zeros([], jnp.int32), *moments)
 
     def update_fn(updates, state, params=None):

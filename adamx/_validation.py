@@ -7,15 +7,43 @@ pass through unchecked.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import numpy as np
 
+# The public call that is being built. An alias such as ``adam`` builds
+# ``scale_by_adam`` inside ``quoting("adam")``, so a bad argument is reported
+# as the user wrote it, ``adam(b1=1.5)``, not as the inner call.
+_OUTER_CALL: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "adamx_outer_call", default=None
+)
+
+
+@contextlib.contextmanager
+def quoting(caller: str) -> Iterator[None]:
+    """Within this block, construction errors quote ``caller``."""
+    token = _OUTER_CALL.set(_OUTER_CALL.get() or caller)
+    try:
+        yield
+    finally:
+        _OUTER_CALL.reset(token)
+
+
+def caller_name(default: str) -> str:
+    """The name that errors quote: the outermost public call being built."""
+    return _OUTER_CALL.get() or default
+
+
 # Each rule: (a predicate on a float64 array, the sentence that completes the error).
 _RULES = {
     "decay": (lambda x: (x >= 0) & (x < 1), "must be in [0, 1)"),
     "non_negative": (lambda x: x >= 0, "must be >= 0"),
+    # RAdam's rectifier sqrt((ρ-4)(ρ-2)…) is real only for ρ >= 4.
+    "rectifiable": (lambda x: x >= 4, "must be >= 4"),
 }
 
 # Which rule applies to each argument name that adamx's transforms share.
@@ -38,6 +66,9 @@ _ARGUMENT_RULES = {
     "alpha": "non_negative",
     "b_start": "decay",
     "warmup_steps": "non_negative",
+    "threshold": "rectifiable",
+    "a": "non_negative",
+    "b": "non_negative",
 }
 
 
@@ -58,6 +89,7 @@ def check_hyperparameters(caller: str, **arguments: Any) -> None:
       caller: the public name being called, quoted in the error.
       **arguments: hyperparameters by the names the caller gave them.
     """
+    caller = caller_name(caller)
     for name, value in arguments.items():
         predicate, sentence = _RULES[_ARGUMENT_RULES[name]]
         concrete = _concrete(value)

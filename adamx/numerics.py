@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.typing import ArrayLike, DTypeLike
 
 __all__ = [
@@ -157,9 +158,12 @@ def nesterov_momentum(
     The momentum term is debiased one step ahead, because it is the part of
     :math:`m_{t+1}` that is already known at step :math:`t`.
     """
-    return decay * bias_correction(mu, decay, count + 1) + (
-        1 - decay
-    ) * bias_correction(grad, decay, count)
+    # The look-ahead count saturates like the step count: an int32 wrap to
+    # -2**31 would turn 1 - beta**(t+1) into -inf and drop the momentum.
+    ahead = optax.safe_increment(jnp.asarray(count))
+    return decay * bias_correction(mu, decay, ahead) + (1 - decay) * bias_correction(
+        grad, decay, count
+    )
 
 
 def epsilon_hat(

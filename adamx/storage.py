@@ -16,9 +16,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.typing import DTypeLike
+from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
+from adamx._validation import caller_name
 
 __all__ = ["StateStorage", "resolve_storage"]
 
@@ -57,9 +58,13 @@ class StateStorage:
             return _COMPLEX_OF[self.dtype]
         return self.dtype
 
-    def init(self, param: jax.Array) -> jax.Array:
-        """Zeros shaped like ``param`` in the stored dtype."""
-        return jnp.zeros_like(param, dtype=self.dtype_for(param.dtype))
+    def init(self, param: jax.Array, initial_value: ArrayLike = 0.0) -> jax.Array:
+        """``initial_value`` (default 0) shaped like ``param``, in the stored dtype.
+
+        ``initial_value`` is a scalar: a number, array or tracer. Most moments
+        start at zero; Yogi's start at a small positive constant.
+        """
+        return jnp.full_like(param, initial_value, dtype=self.dtype_for(param.dtype))
 
     def read(self, stored: jax.Array) -> jax.Array:
         """The stored leaf widened to its compute dtype."""
@@ -79,6 +84,7 @@ def resolve_storage(
       ValueError: naming the call, the argument and the value, when the value
         is not a floating dtype.
     """
+    caller = caller_name(caller)
     if value is None:
         return StateStorage(None, real)
     try:

@@ -14,7 +14,7 @@ import optax
 from jax.typing import DTypeLike
 
 from adamx._alias import make_optimizer
-from adamx._validation import check_hyperparameters
+from adamx._validation import check_hyperparameters, quoting
 from adamx.transforms.adam import scale_by_adam
 from adamx.transforms.amsgrad import scale_by_amsgrad
 
@@ -32,9 +32,10 @@ def _direction(
 ) -> optax.GradientTransformation:
     check_hyperparameters(caller, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon)
     options = {"mu_dtype": mu_dtype, "nu_dtype": nu_dtype, "epsilon_hat": True}
-    if amsgrad:
-        return scale_by_amsgrad(beta_1, beta_2, epsilon, max_of="raw", **options)
-    return scale_by_adam(beta_1, beta_2, epsilon, **options)
+    with quoting(caller):
+        if amsgrad:
+            return scale_by_amsgrad(beta_1, beta_2, epsilon, max_of="raw", **options)
+        return scale_by_adam(beta_1, beta_2, epsilon, **options)
 
 
 def adam(

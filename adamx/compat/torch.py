@@ -13,7 +13,7 @@ import optax
 from jax.typing import DTypeLike
 
 from adamx._alias import make_optimizer
-from adamx._validation import check_hyperparameters
+from adamx._validation import check_hyperparameters, quoting
 from adamx.transforms.adam import scale_by_adam
 from adamx.transforms.amsgrad import scale_by_amsgrad
 
@@ -33,11 +33,12 @@ def _direction(
     except (TypeError, ValueError) as err:
         raise ValueError(f"{caller}(betas={betas!r}): betas must be a pair") from err
     check_hyperparameters(caller, betas=betas, eps=eps)
-    if amsgrad:
-        return scale_by_amsgrad(
-            b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype, max_of="raw"
-        )
-    return scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    with quoting(caller):
+        if amsgrad:
+            return scale_by_amsgrad(
+                b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype, max_of="raw"
+            )
+        return scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
 
 
 def _sign(maximize: bool) -> list[optax.GradientTransformation]:

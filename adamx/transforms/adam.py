@@ -165,11 +165,9 @@ def _adam_family(
     mask: Any,
     **direction: Any,
 ) -> optax.GradientTransformationExtraArgs:
-    hyperparameters = ("b1", "b2", "eps", "eps_root")
-    check_hyperparameters(caller, **{k: direction[k] for k in hyperparameters})
     return make_optimizer(
         caller,
-        scale_by_adam(**direction),
+        lambda: scale_by_adam(**direction),
         learning_rate,
         weight_decay=weight_decay,
         mask=mask,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Literal, NamedTuple
 
 import jax
@@ -12,7 +13,7 @@ from jax.typing import ArrayLike, DTypeLike
 from adamx import numerics
 from adamx._alias import make_optimizer
 from adamx._transform import moment_transform
-from adamx._validation import check_hyperparameters
+from adamx._validation import caller_name, check_hyperparameters
 from adamx.storage import resolve_storage
 
 
@@ -123,7 +124,7 @@ def scale_by_amsgrad(
       Reddi, Kale & Kumar, *On the Convergence of Adam and Beyond*, ICLR 2018.
       https://openreview.net/forum?id=ryQu7f-RZ
     """
-    caller = "scale_by_amsgrad"
+    caller = caller_name("scale_by_amsgrad")
     hyperparameters = {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}
     check_hyperparameters(caller, **hyperparameters)
     nu_storage = resolve_storage(caller, "nu_dtype", nu_dtype, real=True)
@@ -187,8 +188,8 @@ def amsgrad(
     Reddi et al. use :math:`\alpha_t = \alpha/\sqrt{t}` in their analysis;
     pass ``lambda t: alpha / jnp.sqrt(t + 1)`` to reproduce it.
     """
-    check_hyperparameters("amsgrad", b1=b1, b2=b2, eps=eps, eps_root=eps_root)
-    direction = scale_by_amsgrad(
+    direction = functools.partial(
+        scale_by_amsgrad,
         b1,
         b2,
         eps,
