@@ -1,0 +1,258 @@
+"""Bad input: every factory rejects it early, with an error that quotes the call.
+
+Hyperparameters are checked once, at construction, when they are concrete
+numbers; the error names the public call, the argument and its value, e.g.
+``scale_by_adam(b1=1.5): b1 must be in [0, 1)``. Tracers and schedules cannot
+be checked without running them and pass through. Trees that do not match
+the state and non-floating leaves are refused at ``init``/``update``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import adamx
+
+DIRECTION_ARGS = ("b1", "b2", "eps", "eps_root", "mu_dtype", "nu_dtype")
+OPTIMIZER_ARGS = ("learning_rate", *DIRECTION_ARGS)
+
+# name -> (factory, required arguments, arguments it takes, constant-g kind)
+FACTORIES = {
+    "scale_by_adam": (adamx.scale_by_adam, {}, DIRECTION_ARGS, "adam"),
+    "scale_by_amsgrad": (adamx.scale_by_amsgrad, {}, DIRECTION_ARGS, "adam"),
+    "bias_correction": (adamx.bias_correction, {"decay": 0.9}, ("decay",), "bias"),
+    "adam": (adamx.adam, {"learning_rate": 1e-3}, OPTIMIZER_ARGS, "adam"),
+    "adamw": (
+        adamx.adamw,
+        {"learning_rate": 1e-3},
+        (*OPTIMIZER_ARGS, "weight_decay"),
+        "adam",
+    ),
+    "nadam": (adamx.nadam, {"learning_rate": 1e-3}, OPTIMIZER_ARGS, "nesterov"),
+    "nadamw": (
+        adamx.nadamw,
+        {"learning_rate": 1e-3},
+        (*OPTIMIZER_ARGS, "weight_decay"),
+        "nesterov",
+    ),
+    "amsgrad": (adamx.amsgrad, {"learning_rate": 1e-3}, OPTIMIZER_ARGS, "adam"),
+}
+ALIASES = ("adam", "adamw", "nadam", "nadamw", "amsgrad")
+STATEFUL = [name for name in FACTORIES if name != "bias_correction"]
+
+
+def _build(name: str, **overrides):
+    factory, required, _, _ = FACTORIES[name]
+    return factory(**{**required, **overrides})
+
+
+def _bad_arguments():
+    """(name, argument, value, the start of the expected message)."""
+    cases = []
+    for name, (_, _, arguments, _) in FACTORIES.items():
+        for arg in arguments:
+            if arg in ("b1", "b2", "decay"):
+                for value in (1.5, -0.1, 1.0, float("nan")):
+                    cases.append(
+                        (
+                            name,
+                            arg,
+                            value,
+                            f"{name}({arg}={value!r}): {arg} must be in [0, 1)",
+                        )
+                    )
+            elif arg in ("eps", "eps_root", "learning_rate", "weight_decay"):
+                for value in (-0.1, -1e-12):
+                    cases.append(
+                        (
+                            name,
+                            arg,
+                            value,
+                            f"{name}({arg}={value!r}): {arg} must be >= 0",
+                        )
+                    )
+            else:
+                cases.append(
+                    (name, arg, "float33", f"{name}({arg}='float33'): unknown dtype")
+                )
+                cases.append(
+                    (
+                        name,
+                        arg,
+                        "int32",
+                        f"{name}({arg}='int32'): state must be stored in a floating",
+                    )
+                )
+    return cases
+
+
+BAD = _bad_arguments()
+
+
+@pytest.mark.parametrize(
+    ("name", "arg", "value", "message"),
+    BAD,
+    ids=[f"{n}-{a}={v!r}" for n, a, v, _ in BAD],
+)
+def test_bad_hyperparameter_raises_quoting_the_call(name, arg, value, message):
+    # Anchored: "scale_by_adam(...)" must not pass for "adam(...)".
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        _build(name, **{arg: value})
+
+
+def test_examples_from_the_documentation():
+    with pytest.raises(
+        ValueError, match="^" + re.escape("scale_by_adam(b1=1.5): b1 must be in [0, 1)")
+    ):
+        adamx.scale_by_adam(b1=1.5)
+    with pytest.raises(ValueError, match="^" + re.escape("adam(learning_rate=-0.1)")):
+        adamx.adam(-0.1)
+
+
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_valid_edge_values_are_accepted(name):
+    """0 is inside [0, 1) and >= 0; every argument at 0 builds."""
+    _, _, arguments, _ = FACTORIES[name]
+    zeros = {a: 0.0 for a in arguments if not a.endswith("_dtype")}
+    _build(name, **zeros)
+
+
+# --------------------------------------------------------------------------
+# Traced hyperparameters and schedules
+# --------------------------------------------------------------------------
+
+G = np.array([1.0, -2.0, 0.5], np.float32)
+
+
+def _constant_gradient_direction(
+    kind: str, t: int, *, b1=0.9, b2=0.999, eps=1e-8, decay=0.9
+):
+    """The direction at step t when every gradient is G, float64 by hand.
+
+    m_t = (1 - b1^t) G and v_t = (1 - b2^t) G², so the debiased moments are
+    G and G² exactly; Nesterov's look-ahead weights them as written below.
+    """
+    b1, b2, eps, decay = (float(np.float32(x)) for x in (b1, b2, eps, decay))
+    g = G.astype(np.float64)
+    if kind == "bias":
+        return g / (1 - decay**t)
+    m_hat = g
+    if kind == "nesterov":
+        m_hat = (b1 * (1 - b1**t) / (1 - b1 ** (t + 1)) + (1 - b1) / (1 - b1**t)) * g
+    return m_hat / (np.abs(g) + eps)
+
+
+def _first_update(name, hyper, lr, g):
+    if name == "bias_correction":
+        tx = adamx.bias_correction(hyper)
+    elif name in ALIASES:
+        tx = _build(name, b1=hyper, learning_rate=lr)
+    else:
+        tx = _build(name, b1=hyper)
+    u, _ = tx.update(g, tx.init(g), jnp.zeros_like(g))
+    return u
+
+
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_traced_hyperparameters_build_inside_jit(name):
+    """b1 (or decay) and the learning rate as tracers: built, run, not validated."""
+    _, _, _, kind = FACTORIES[name]
+    run = jax.jit(lambda hyper, lr, g: _first_update(name, hyper, lr, g))
+    u = np.asarray(run(0.8, 0.5, jnp.asarray(G)), np.float64)
+    if kind == "bias":
+        expected = _constant_gradient_direction(kind, 1, decay=0.8)
+    else:
+        expected = _constant_gradient_direction(kind, 1, b1=0.8)
+    if name in ALIASES:
+        expected = -0.5 * expected
+    np.testing.assert_allclose(u, expected, rtol=1e-5)
+    # Out of range, but a tracer's value is unknown at construction: no error.
+    run(1.5, -0.1, jnp.asarray(G))
+
+
+@pytest.mark.parametrize("name", ALIASES)
+def test_learning_rate_schedules_are_accepted(name):
+    def schedule(count):
+        return 0.1 / (count + 1)
+
+    _, _, _, kind = FACTORIES[name]
+    tx = _build(name, learning_rate=schedule)
+    params = jnp.zeros(3)
+    state = tx.init(params)
+    for t in (1, 2, 3):
+        u, state = tx.update(jnp.asarray(G), state, params)
+        expected = -0.1 / t * _constant_gradient_direction(kind, t)
+        np.testing.assert_allclose(np.asarray(u), expected, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------
+# Trees that do not match the state
+# --------------------------------------------------------------------------
+
+PARAMS = {"layer": {"w": jnp.zeros(2), "b": jnp.zeros(3)}}
+
+
+@pytest.mark.parametrize("name", STATEFUL)
+def test_update_with_an_extra_key_names_it(name):
+    tx = _build(name)
+    state = tx.init(PARAMS)
+    grads = {"layer": {"w": jnp.ones(2), "b": jnp.ones(3), "extra": jnp.ones(1)}}
+    with pytest.raises(
+        ValueError, match=re.escape("Only in the updates: [\"['layer']['extra']\"]")
+    ):
+        tx.update(grads, state, grads)
+
+
+@pytest.mark.parametrize("name", STATEFUL)
+def test_update_with_a_missing_key_names_it(name):
+    tx = _build(name)
+    state = tx.init(PARAMS)
+    grads = {"layer": {"w": jnp.ones(2)}}
+    with pytest.raises(
+        ValueError, match=re.escape("only in the state: [\"['layer']['b']\"]")
+    ):
+        tx.update(grads, state, grads)
+
+
+# --------------------------------------------------------------------------
+# Integer and boolean leaves
+# --------------------------------------------------------------------------
+
+NON_FLOAT = [
+    ("step", jnp.asarray(3, jnp.int32), "int32"),
+    ("mask", jnp.asarray([True, False]), "bool"),
+    ("ids", jnp.asarray([1, 2], jnp.uint8), "uint8"),
+]
+
+
+def _message(path: str, dtype: str) -> str:
+    return re.escape(path) + ".*" + re.escape(dtype)
+
+
+@pytest.mark.parametrize(
+    ("leaf", "value", "dtype"), NON_FLOAT, ids=[n[2] for n in NON_FLOAT]
+)
+@pytest.mark.parametrize("name", STATEFUL)
+def test_init_with_a_non_float_leaf_names_its_path(name, leaf, value, dtype):
+    """bias_correction is absent: its init keeps only a count and never reads params."""
+    params = {"layer": {"w": jnp.zeros(2), leaf: value}}
+    with pytest.raises(TypeError, match=_message(f"['layer']['{leaf}']", dtype)):
+        _build(name).init(params)
+
+
+@pytest.mark.parametrize(
+    ("leaf", "value", "dtype"), NON_FLOAT, ids=[n[2] for n in NON_FLOAT]
+)
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_update_with_a_non_float_leaf_names_its_path(name, leaf, value, dtype):
+    params = {"layer": {"w": jnp.zeros(2), leaf: jnp.zeros(value.shape)}}
+    tx = _build(name)
+    state = tx.init(params)
+    grads = {"layer": {"w": jnp.ones(2), leaf: value}}
+    with pytest.raises(TypeError, match=_message(f"['layer']['{leaf}']", dtype)):
+        tx.update(grads, state, params)
