@@ -10,6 +10,7 @@ for bfloat16 models. Masking reuses ``optax.masked``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -55,10 +56,16 @@ def _stepwise(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _decayed_weights(
-    weight_decay: optax.ScalarOrSchedule,
+def add_decayed_weights(
+    weight_decay: optax.ScalarOrSchedule, mask: Any = None
 ) -> optax.GradientTransformation:
-    """``u + λ_t θ`` in float32 or wider; ``λ`` a float or a schedule of the step."""
+    """``u + λ_t θ`` in float32 or wider; ``λ`` a float or a schedule of the step.
+
+    ``mask`` (a pytree of bools or a function of the params) limits the decay
+    to some leaves, through ``optax.masked``.
+    """
+    if mask is not None:
+        return optax.masked(add_decayed_weights(weight_decay), mask)
 
     def apply(decay, updates, params):
         if params is None:
@@ -113,7 +120,24 @@ def make_optimizer(
         steps = [direction]
         if weight_decay is not None:
             check_hyperparameters(caller, weight_decay=weight_decay)
-            decay = _decayed_weights(weight_decay)
-            steps.append(decay if mask is None else optax.masked(decay, mask))
+            steps.append(add_decayed_weights(weight_decay, mask))
         steps.append(_learning_rate_step(learning_rate))
     return optax.chain(*steps)
+
+
+def optimizer_from(
+    scale_by: Callable[..., optax.GradientTransformation],
+    caller: str,
+    learning_rate: optax.ScalarOrSchedule,
+    weight_decay: optax.ScalarOrSchedule | None,
+    mask: Any,
+    **direction: Any,
+) -> optax.GradientTransformationExtraArgs:
+    """:func:`make_optimizer` around ``scale_by(**direction)``: a family's aliases."""
+    return make_optimizer(
+        caller,
+        functools.partial(scale_by, **direction),
+        learning_rate,
+        weight_decay=weight_decay,
+        mask=mask,
+    )

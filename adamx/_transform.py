@@ -24,6 +24,10 @@ from adamx.storage import StateStorage
 
 LeafUpdate = Callable[..., tuple[jax.Array, ...]]
 
+# Hyperparameters by these names are decay rates: they reach the leaf update as
+# numerics.Decay, carrying 1 - beta formed before rounding to float32.
+DECAYS = frozenset({"b1", "b2", "b3", "decay"})
+
 
 def moment_transform(
     caller: str,
@@ -43,7 +47,8 @@ def moment_transform(
       storages: how each moment is stored.
       hyperparameters: name to value (number, array or tracer) or schedule (a
         callable of the 0-based step, as optax schedules are); each reaches
-        ``leaf_update`` evaluated and cast to the leaf's compute dtype.
+        ``leaf_update`` evaluated and cast to the leaf's compute dtype, the
+        decay rates (named in ``DECAYS``) as :class:`adamx.numerics.Decay`.
       leaf_update: ``leaf_update(g, *moments, count=t, **hyperparameters) ->
         (update, *new_moments)``, all in the compute dtype; ``t`` is the
         1-based step.
@@ -74,7 +79,12 @@ def moment_transform(
 
         def leaf(g, *stored):
             dtype = numerics.compute_dtype(g.dtype)
-            cast = {k: numerics.hyperparameter(v, dtype) for k, v in values.items()}
+            cast = {
+                k: (numerics.as_decay if k in DECAYS else numerics.hyperparameter)(
+                    v, dtype
+                )
+                for k, v in values.items()
+            }
             moments = [s.read(x) for s, x in zip(storages, stored, strict=True)]
             update, *new = leaf_update(g.astype(dtype), *moments, count=count, **cast)
             written = [

@@ -14,13 +14,18 @@ cast would round it to 1.0 and silently turn the second moment into a constant.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.typing import ArrayLike, DTypeLike
 
 __all__ = [
+    "Decay",
     "abs_sq",
+    "as_decay",
     "bias_correction",
     "bias_correction_factor",
     "compute_dtype",
@@ -57,6 +62,48 @@ def hyperparameter(value: ArrayLike, dtype: DTypeLike) -> jax.Array:
     return jnp.asarray(value, dtype=real)
 
 
+class Decay(NamedTuple):
+    r"""A decay rate :math:`\beta` carried with its complement :math:`1 - \beta`.
+
+    Averages weigh the newest value by :math:`1 - \beta`, and for
+    :math:`\beta` near 1 that difference is what matters. Rounding
+    :math:`\beta = 0.9999` to float32 first and subtracting afterwards moves
+    :math:`1 - \beta` by 1.7e-4 relative (1.3e-5 at 0.999); forming the
+    complement in float64 before rounding keeps it to float32's 6e-8.
+    :func:`as_decay` builds one; every function here that takes a decay accepts
+    a :class:`Decay` or a plain number or array.
+
+    Attributes:
+      rate: :math:`\beta`.
+      complement: :math:`1 - \beta`.
+    """
+
+    rate: jax.Array
+    complement: jax.Array
+
+
+def as_decay(value: ArrayLike | Decay, dtype: DTypeLike = jnp.float32) -> Decay:
+    """A :class:`Decay` in the real float32-or-wider compute dtype of ``dtype``.
+
+    For a concrete value (a Python number or a concrete array) the complement
+    is formed in float64 before rounding; for a tracer it can only be formed
+    in the compute dtype.
+
+    >>> d = as_decay(0.9999)
+    >>> print(f"{float(d.complement):.10f} {float(1 - d.rate):.10f}")
+    0.0001000000 0.0001000166
+    """
+    if isinstance(value, Decay):
+        return Decay(
+            hyperparameter(value.rate, dtype), hyperparameter(value.complement, dtype)
+        )
+    rate = hyperparameter(value, dtype)
+    if isinstance(value, jax.core.Tracer):
+        return Decay(rate, 1 - rate)
+    complement = 1 - np.asarray(value, dtype=np.float64)
+    return Decay(rate, hyperparameter(complement, dtype))
+
+
 def abs_sq(x: jax.Array) -> jax.Array:
     r"""The element-wise squared modulus :math:`|x|^2`, real for complex ``x``.
 
@@ -72,22 +119,36 @@ def abs_sq(x: jax.Array) -> jax.Array:
     return jnp.square(x)
 
 
-def update_moment(moment: jax.Array, value: jax.Array, decay: ArrayLike) -> jax.Array:
+def update_moment(
+    moment: jax.Array, value: jax.Array, decay: ArrayLike | Decay
+) -> jax.Array:
     r"""One step of an exponential moving average.
 
     .. math:: m_t = \beta\, m_{t-1} + (1 - \beta)\, x_t
+        = m_{t-1} + (1 - \beta)(x_t - m_{t-1})
 
     with :math:`\beta` = ``decay``, :math:`m_{t-1}` = ``moment`` and
     :math:`x_t` = ``value``. Started from :math:`m_0 = 0` this is Kingma & Ba's
     biased moment estimate (2015, Algorithm 1).
 
-    >>> update_moment(jnp.array(0.0), jnp.array(4.0), 0.9)
-    Array(0.4, dtype=float32, weak_type=True)
+    It is evaluated as an interpolation whose two weights sum to 1 by
+    construction: in float32 the rounded :math:`\beta` and :math:`1 - \beta`
+    do not (at 0.9999 they miss by 1.7e-4), and the first form would scale a
+    long-run average by their sum. For :math:`\beta > 1/2` the step is
+    :math:`m + (1 - \beta)(x - m)`, from the precise complement (see
+    :class:`Decay`); for :math:`\beta \le 1/2` it is
+    :math:`x - \beta (x - m)`, which gives exactly :math:`x` at
+    :math:`\beta = 0`.
+
+    >>> update_moment(jnp.array([0.0]), jnp.array([4.0]), 0.9)
+    Array([0.4], dtype=float32)
     """
-    return (1 - decay) * value + decay * moment
+    rate, complement = as_decay(decay, jnp.result_type(moment))
+    step = value - moment
+    return jnp.where(complement < 0.5, moment + complement * step, value - rate * step)
 
 
-def bias_correction_factor(decay: ArrayLike, count: ArrayLike) -> jax.Array:
+def bias_correction_factor(decay: ArrayLike | Decay, count: ArrayLike) -> jax.Array:
     r"""The denominator :math:`1 - \beta^t` of Adam's bias correction.
 
     A moving average started at zero has expectation
@@ -95,26 +156,30 @@ def bias_correction_factor(decay: ArrayLike, count: ArrayLike) -> jax.Array:
     input, because :math:`(1 - \beta) \sum_{i=1}^t \beta^{t-i}` is a geometric
     series summing to :math:`1 - \beta^t` (Kingma & Ba 2015, Section 3).
 
-    The factor is evaluated as :math:`-\mathrm{expm1}(t \log \beta)`, which
-    keeps full relative precision when :math:`\beta^t` is close to 1: forming
-    :math:`\beta^t` first and subtracting it from 1 loses up to half the
-    significant digits of float32 at ``decay=0.999``. It is computed in float32
-    or wider — a bfloat16 ``1 - 0.999**t`` would round to 0 — and ``count`` is
-    the 1-based step :math:`t`; at ``count=0`` the factor is 0.
+    The factor is evaluated as :math:`-\mathrm{expm1}(t\,\mathrm{log1p}(-(1 -
+    \beta)))` from the complement :math:`1 - \beta` (see :class:`Decay`),
+    which keeps full relative precision when :math:`\beta^t` is close to 1:
+    forming :math:`\beta^t` first and subtracting it from 1 loses up to half
+    the significant digits of float32 at ``decay=0.999``. It is computed in
+    float32 or wider — a bfloat16 ``1 - 0.999**t`` would round to 0 — and
+    ``count`` is the 1-based step :math:`t`; at ``count=0`` the factor is 0.
 
     >>> bias_correction_factor(0.9, 1)
     Array(0.1, dtype=float32)
     """
-    decay = jnp.asarray(decay)
-    decay = decay.astype(compute_dtype(decay.dtype))
-    t = jnp.asarray(count).astype(decay.dtype)
-    # 0 ** t is 0 for t >= 1; log(0) * 0 would be NaN at t = 0, so guard both.
-    safe_decay = jnp.where(decay > 0, decay, 1.0)
-    factor = -jnp.expm1(t * jnp.log(safe_decay))
-    return jnp.where(decay > 0, factor, jnp.where(t > 0, 1.0, 0.0).astype(decay.dtype))
+    dtype = decay.rate.dtype if isinstance(decay, Decay) else jnp.result_type(decay)
+    rate, complement = as_decay(decay, dtype)
+    t = jnp.asarray(count).astype(rate.dtype)
+    # log1p(-1) is -inf at beta = 0, and -inf * 0 would be NaN at t = 0: guard.
+    positive = complement < 1
+    safe = jnp.where(positive, complement, 0.5)
+    factor = -jnp.expm1(t * jnp.log1p(-safe))
+    return jnp.where(positive, factor, jnp.where(t > 0, 1.0, 0.0).astype(rate.dtype))
 
 
-def bias_correction(value: jax.Array, decay: ArrayLike, count: ArrayLike) -> jax.Array:
+def bias_correction(
+    value: jax.Array, decay: ArrayLike | Decay, count: ArrayLike
+) -> jax.Array:
     r"""Divides a moving average by :math:`1 - \beta^t`.
 
     .. math:: \hat m_t = \frac{m_t}{1 - \beta^t}
@@ -127,7 +192,7 @@ def bias_correction(value: jax.Array, decay: ArrayLike, count: ArrayLike) -> jax
     Array(4., dtype=float32)
     """
     dtype = compute_dtype(value.dtype)
-    factor = bias_correction_factor(hyperparameter(decay, dtype), count)
+    factor = bias_correction_factor(as_decay(decay, dtype), count)
     return value.astype(dtype) / factor
 
 
@@ -148,7 +213,7 @@ def scaled_direction(
 
 
 def nesterov_momentum(
-    mu: jax.Array, grad: jax.Array, decay: ArrayLike, count: ArrayLike
+    mu: jax.Array, grad: jax.Array, decay: ArrayLike | Decay, count: ArrayLike
 ) -> jax.Array:
     r"""Nesterov's look-ahead first moment, as in NAdam (Dozat 2016).
 
@@ -161,13 +226,14 @@ def nesterov_momentum(
     # The look-ahead count saturates like the step count: an int32 wrap to
     # -2**31 would turn 1 - beta**(t+1) into -inf and drop the momentum.
     ahead = optax.safe_increment(jnp.asarray(count))
-    return decay * bias_correction(mu, decay, ahead) + (1 - decay) * bias_correction(
-        grad, decay, count
+    beta = as_decay(decay, jnp.result_type(mu))
+    return beta.rate * bias_correction(mu, beta, ahead) + (
+        beta.complement * bias_correction(grad, beta, count)
     )
 
 
 def epsilon_hat(
-    eps: ArrayLike, eps_root: ArrayLike, decay: ArrayLike, count: ArrayLike
+    eps: ArrayLike, eps_root: ArrayLike, decay: ArrayLike | Decay, count: ArrayLike
 ) -> tuple[jax.Array, jax.Array]:
     r"""Moves :math:`\epsilon` and :math:`\epsilon_{root}` to the raw-moment scale.
 

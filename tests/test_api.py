@@ -9,14 +9,11 @@ import pytest
 import adamx
 
 TRANSFORMS = [
-    "scale_by_adam",
-    "scale_by_amsgrad",
-    "bias_correction",
-    "adam",
-    "adamw",
-    "nadam",
-    "nadamw",
-    "amsgrad",
+    name
+    for name in adamx.__all__
+    if callable(getattr(adamx, name))
+    and name[0].islower()
+    and name != "ademamix_b3_schedule"
 ]
 
 

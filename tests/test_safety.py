@@ -161,9 +161,9 @@ def _reference(kind: str, grads, *, b1=B1, b2=B2, eps=EPS, t0=0):
     """Float64 (complex128) directions u_1..u_T for one leaf, and (m, v, v_max).
 
     t0 is the step count before the first gradient; the count saturates at the
-    int32 maximum, as adamx's does. Betas are the float32 values adamx uses.
+    int32 maximum, as adamx's does. Betas are the exact decimals: adamx forms
+    1 - beta before rounding to float32.
     """
-    b1, b2, eps = _f32(b1), _f32(b2), _f32(eps)
     m = v = v_max = 0.0
     out = []
     for i, g in enumerate(grads):
@@ -305,7 +305,7 @@ def test_bfloat16_bias_correction_uses_float32_decay():
     u, _ = tx.update(x, tx.init(x))
     assert u.dtype == np.dtype(BF16)
     # float32 arithmetic: x / (1 - 0.999) = 1000 x (to bfloat16 precision).
-    expected = np.asarray(x, np.float64) / (1 - _f32(B2))
+    expected = np.asarray(x, np.float64) / (1 - B2)
     np.testing.assert_allclose(np.asarray(u, np.float64), expected, rtol=2**-8)
     # bfloat16 arithmetic: 1 - 0.999**1 rounds to 0 and x / 0 is infinite.
     denominator = np.asarray(1, BF16) - np.asarray(B2, BF16)
@@ -518,7 +518,7 @@ def test_complex_second_moment_is_real_abs_square(case):
         COMPLEX_BASE.real.astype(np.float64) ** 2
         + COMPLEX_BASE.imag.astype(np.float64) ** 2
     )
-    np.testing.assert_allclose(np.asarray(inner.nu), (1 - _f32(B2)) * abs_sq, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(inner.nu), (1 - B2) * abs_sq, rtol=1e-6)
     # g**2 would be complex and cancel: for 3j it is -9, for |g|^2 it is 9.
     assert np.asarray(inner.nu)[2] > 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -9,7 +10,7 @@ import optax
 from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
-from adamx._alias import make_optimizer
+from adamx._alias import optimizer_from
 from adamx._transform import moment_transform
 from adamx._validation import check_hyperparameters
 from adamx.storage import resolve_storage
@@ -158,20 +159,7 @@ def scale_by_adam(
     )
 
 
-def _adam_family(
-    caller: str,
-    learning_rate: optax.ScalarOrSchedule,
-    weight_decay: optax.ScalarOrSchedule | None,
-    mask: Any,
-    **direction: Any,
-) -> optax.GradientTransformationExtraArgs:
-    return make_optimizer(
-        caller,
-        lambda: scale_by_adam(**direction),
-        learning_rate,
-        weight_decay=weight_decay,
-        mask=mask,
-    )
+_adam_family = functools.partial(optimizer_from, scale_by_adam)
 
 
 def adam(
