@@ -2,7 +2,12 @@
 
 from adamx import compat as compat
 from adamx import numerics as numerics
+from adamx import quantization as quantization
 from adamx import storage as storage
+from adamx.storage import Quantized as Quantized
+from adamx.storage import QuantizedArray as QuantizedArray
+from adamx.storage import StochasticRounding as StochasticRounding
+from adamx.storage import state_nbytes as state_nbytes
 from adamx.transforms.adam import ScaleByAdamState as ScaleByAdamState
 from adamx.transforms.adam import adam as adam
 from adamx.transforms.adam import adamw as adamw
@@ -43,6 +48,8 @@ __version__ = "0.2.0"
 
 __all__ = [
     "BiasCorrectionState",
+    "Quantized",
+    "QuantizedArray",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
     "ScaleByAdemamixState",
@@ -50,6 +57,7 @@ __all__ = [
     "ScaleByAmsgradState",
     "ScaleByBeliefState",
     "ScaleByYogiState",
+    "StochasticRounding",
     "adabelief",
     "adam",
     "adam_atan2",
@@ -67,6 +75,7 @@ __all__ = [
     "nadam",
     "nadamw",
     "numerics",
+    "quantization",
     "radam",
     "scale_by_adam",
     "scale_by_adam_atan2",
@@ -78,6 +87,7 @@ __all__ = [
     "scale_by_lamb",
     "scale_by_radam",
     "scale_by_yogi",
+    "state_nbytes",
     "storage",
     "yogi",
 ]

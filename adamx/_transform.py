@@ -77,7 +77,13 @@ def moment_transform(
             for name, value in hyperparameters.items()
         }
 
-        def leaf(g, *stored):
+        def leaf(index, path, g, *stored):
+            for storage, x in zip(storages, stored, strict=True):
+                if storage.shape(x) != g.shape:
+                    raise ValueError(
+                        f"{caller}: the state leaf for update {path} is shaped "
+                        f"{storage.shape(x)}, the update {g.shape}"
+                    )
             dtype = numerics.compute_dtype(g.dtype)
             cast = {
                 k: (numerics.as_decay if k in DECAYS else numerics.hyperparameter)(
@@ -88,11 +94,29 @@ def moment_transform(
             moments = [s.read(x) for s, x in zip(storages, stored, strict=True)]
             update, *new = leaf_update(g.astype(dtype), *moments, count=count, **cast)
             written = [
-                s.write(n, x) for s, n, x in zip(storages, new, stored, strict=True)
+                s.write(n, x, _rounding_key(s, count, index, slot))
+                for slot, (s, n, x) in enumerate(
+                    zip(storages, new, stored, strict=True)
+                )
             ]
             return (update.astype(g.dtype), *written)
 
-        updates, *moments = map_leaves(caller, leaf, updates, tuple(state)[1:])
+        updates, *moments = map_leaves(
+            caller, leaf, updates, tuple(state)[1:], with_path=True
+        )
         return updates, state_type(count, *moments)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _rounding_key(
+    storage: StateStorage, count: jax.Array, leaf: int, slot: int
+) -> jax.Array | None:
+    """Noise for stochastic rounding: a function of seed, step, leaf and moment.
+
+    Deriving it keeps the state free of a key and makes runs reproducible.
+    """
+    if storage.stochastic is None:
+        return None
+    key = jax.random.fold_in(jax.random.key(storage.stochastic.seed), count)
+    return jax.random.fold_in(key, leaf * 16 + slot)

@@ -62,6 +62,8 @@ def map_leaves(
     fn: Callable[..., tuple[jax.Array, ...]],
     updates: PyTree,
     states: Sequence[PyTree],
+    *,
+    with_path: bool = False,
 ) -> tuple[PyTree, ...]:
     """Applies ``fn(g, *state_leaves) -> (new_g, *new_state_leaves)`` leaf-wise.
 
@@ -70,21 +72,41 @@ def map_leaves(
       fn: the per-leaf update.
       updates: the incoming gradient tree.
       states: state trees shaped like ``updates``.
+      with_path: call ``fn(index, path, g, *state_leaves)`` instead, with the
+        leaf's position and its path as a string (for errors and for
+        per-leaf randomness).
 
     Returns:
       ``(new_updates, *new_states)``, each with the updates' structure.
     """
     check_float_leaves(caller, "update", updates)
-    leaves, treedef = jax.tree_util.tree_flatten(updates)
+    with_paths, treedef = jax.tree_util.tree_flatten_with_path(updates)
     state_leaves = [_flatten_state_like(caller, treedef, updates, s) for s in states]
-    outputs = [
-        fn(g, *per_leaf) for g, *per_leaf in zip(leaves, *state_leaves, strict=True)
-    ]
+    outputs = []
+    for index, ((path, g), *per_leaf) in enumerate(
+        zip(with_paths, *state_leaves, strict=True)
+    ):
+        if with_path:
+            where = jax.tree_util.keystr(path) or "<root>"
+            outputs.append(fn(index, where, g, *per_leaf))
+        else:
+            outputs.append(fn(g, *per_leaf))
     columns = list(zip(*outputs, strict=True)) if outputs else [()] * (1 + len(states))
     return tuple(treedef.unflatten(column) for column in columns)
 
 
 def init_leaves(caller: str, fn: Callable[[jax.Array], Any], params: PyTree) -> PyTree:
-    """``fn`` mapped over the floating leaves of ``params``; others raise TypeError."""
+    """``fn`` mapped over the floating leaves of ``params``; others raise TypeError.
+
+    A TypeError that ``fn`` raises for one leaf is re-raised naming the leaf.
+    """
     check_float_leaves(caller, "parameter", params)
-    return jax.tree.map(fn, params)
+
+    def init_one(path, param):
+        try:
+            return fn(param)
+        except TypeError as err:
+            where = jax.tree_util.keystr(path) or "<root>"
+            raise TypeError(f"{caller}: parameter leaf {where}: {err}") from err
+
+    return jax.tree_util.tree_map_with_path(init_one, params)
