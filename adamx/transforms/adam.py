@@ -95,9 +95,12 @@ def scale_by_adam(
       eps_root: :math:`\epsilon_{root}`, added under the square root; >= 0.
         A positive value keeps gradients *through* the update finite at
         :math:`g = 0` (meta-learning).
-      mu_dtype: storage dtype of :math:`m`; None follows each parameter.
-      nu_dtype: storage dtype of :math:`v`; None follows each parameter
-        (its real dtype for complex parameters).
+      mu_dtype: how :math:`m` is stored: a floating dtype; None for each
+        parameter's dtype; ``"int8"`` or :class:`adamx.Quantized` for 8-bit
+        block-wise codes; :class:`adamx.StochasticRounding` for bfloat16 with
+        stochastic rounding (see :mod:`adamx.storage`).
+      nu_dtype: how :math:`v` is stored, as ``mu_dtype``; None follows each
+        parameter's real dtype.
       nesterov: use Nesterov momentum (NAdam, Dozat 2016):
         :math:`\hat m_t` becomes :func:`adamx.numerics.nesterov_momentum`.
         Matches ``optax.scale_by_adam(nesterov=True)``.

@@ -100,8 +100,12 @@ def scale_by_adam_atan2(
       eps_root: :math:`\epsilon_{root}`, added under the square root; >= 0.
         Only for differentiating *through* the update at :math:`g = 0`
         (meta-learning): a positive value gives up exact scale invariance.
-      mu_dtype: storage dtype of :math:`m`; None follows each parameter.
-      nu_dtype: storage dtype of :math:`v`; None follows each parameter.
+      mu_dtype: how :math:`m` is stored: a dtype, ``"int8"``,
+        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
+        (:mod:`adamx.storage`); None for each parameter's dtype.
+      nu_dtype: how :math:`v` is stored: a dtype, ``"int8"``,
+        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
+        (:mod:`adamx.storage`); None for each parameter's real dtype.
 
     Returns:
       An ``optax.GradientTransformation`` with state

@@ -77,9 +77,12 @@ def scale_by_adamax(
       b1: :math:`\beta_1`, decay of the first moment, in [0, 1).
       b2: :math:`\beta_2`, decay of the infinity norm, in [0, 1).
       eps: :math:`\epsilon`, added to :math:`|g_t|` inside the maximum; >= 0.
-      mu_dtype: storage dtype of :math:`m`; None follows each parameter.
-      nu_dtype: storage dtype of :math:`u`; None follows each parameter's
-        real dtype.
+      mu_dtype: how :math:`m` is stored: a dtype, ``"int8"``,
+        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
+        (:mod:`adamx.storage`); None for each parameter's dtype.
+      nu_dtype: how :math:`u` is stored: a dtype, ``"int8"``,
+        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
+        (:mod:`adamx.storage`); None for each parameter's real dtype.
 
     Returns:
       An ``optax.GradientTransformation`` with state :class:`ScaleByAdamaxState`.

@@ -90,10 +90,12 @@ def scale_by_ademamix(
       alpha: :math:`\alpha`, weight of the slow moment, >= 0, or a schedule.
       eps: :math:`\epsilon`, added to :math:`\sqrt{\hat v}`; >= 0.
       eps_root: :math:`\epsilon_{root}`, added under the square root; >= 0.
-      mu_dtype: storage dtype of both first moments; None follows each
-        parameter.
-      nu_dtype: storage dtype of :math:`v`; None follows each parameter's real
-        dtype.
+      mu_dtype: how both first moments is stored: a dtype, ``"int8"``,
+        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
+        (:mod:`adamx.storage`); None for each parameter's dtype.
+      nu_dtype: how :math:`v` is stored: a dtype, ``"int8"``,
+        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
+        (:mod:`adamx.storage`); None for each parameter's real dtype.
 
     Returns:
       An ``optax.GradientTransformation`` with state

@@ -106,9 +106,12 @@ def scale_by_adopt(
         :math:`\sqrt{v_{t-1}}`; >= 0. Keep it positive: a coordinate whose
         gradients have all been zero would otherwise divide 0 by 0.
       eps_root: :math:`\epsilon_{root}`, added under the square root; >= 0.
-      mu_dtype: storage dtype of :math:`m`; None follows each parameter.
-      nu_dtype: storage dtype of :math:`v`; None follows each parameter's real
-        dtype.
+      mu_dtype: how :math:`m` is stored: a dtype, ``"int8"``,
+        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
+        (:mod:`adamx.storage`); None for each parameter's dtype.
+      nu_dtype: how :math:`v` is stored: a dtype, ``"int8"``,
+        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
+        (:mod:`adamx.storage`); None for each parameter's real dtype.
       nesterov: use the Nesterov look-ahead :math:`\beta_1 m_t + (1 - \beta_1)
         \tilde g_t` as the update, as ``optax.contrib.scale_by_adopt`` does.
       clip: clip the normalised gradient to :math:`[-c_t, c_t]`. The bound

@@ -92,9 +92,12 @@ def scale_by_amsgrad(
       b2: :math:`\beta_2`, decay of the second moment, in [0, 1).
       eps: :math:`\epsilon`, added to :math:`\sqrt{\hat v}`; >= 0.
       eps_root: :math:`\epsilon_{root}`, added under the square root; >= 0.
-      mu_dtype: storage dtype of :math:`m`; None follows each parameter.
-      nu_dtype: storage dtype of :math:`v` and :math:`\hat v`; None follows
-        each parameter's real dtype.
+      mu_dtype: how :math:`m` is stored: a dtype, ``"int8"``,
+        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
+        (:mod:`adamx.storage`); None for each parameter's dtype.
+      nu_dtype: how :math:`v` and :math:`\hat v` is stored: a dtype, ``"int8"``,
+        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
+        (:mod:`adamx.storage`); None for each parameter's real dtype.
       bias_correction: debias both moments (optax's convention) or none
         (Reddi et al.'s).
       max_of: with ``bias_correction``, take the maximum over the corrected

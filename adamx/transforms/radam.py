@@ -141,9 +141,13 @@ def scale_by_radam(
       eps_root: :math:`\epsilon_{root}`, added under the square root; >= 0.
       threshold: :math:`\rho_{min}`, the :math:`\rho_t` from which the
         adaptive step is used; >= 4, below which :math:`r_t` is not real.
-      mu_dtype: storage dtype of :math:`m`; None follows each parameter.
-      nu_dtype: storage dtype of :math:`v`; None follows each parameter's
-        real dtype.
+      mu_dtype: how :math:`m` is stored: a floating dtype; None for each
+        parameter's dtype; ``"int8"`` or :class:`adamx.Quantized` for 8-bit
+        block-wise codes; :class:`adamx.StochasticRounding` for bfloat16 with
+        stochastic rounding (see :mod:`adamx.storage`).
+      nu_dtype: how :math:`v` is stored: a dtype, ``"int8"``,
+        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
+        (:mod:`adamx.storage`); None for each parameter's real dtype.
       nesterov: use Nesterov momentum: :math:`\hat m_t` becomes
         :func:`adamx.numerics.nesterov_momentum` in both branches, as in
         ``optax.scale_by_radam(nesterov=True)``.

@@ -83,9 +83,12 @@ def scale_by_yogi(
       eps_root: :math:`\epsilon_{root}`, added under the square root; >= 0.
       initial_accumulator_value: :math:`v_{init}`, the value both moments
         start from; >= 0.
-      mu_dtype: storage dtype of :math:`m`; None follows each parameter.
-      nu_dtype: storage dtype of :math:`v`; None follows each parameter's
-        real dtype.
+      mu_dtype: how :math:`m` is stored: a dtype, ``"int8"``,
+        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
+        (:mod:`adamx.storage`); None for each parameter's dtype.
+      nu_dtype: how :math:`v` is stored: a dtype, ``"int8"``,
+        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
+        (:mod:`adamx.storage`); None for each parameter's real dtype.
 
     Returns:
       An ``optax.GradientTransformation`` with state :class:`ScaleByYogiState`.
