@@ -33,6 +33,7 @@ __all__ = [
     "QuantizedArray",
     "StateStorage",
     "StochasticRounding",
+    "moment_storages",
     "resolve_storage",
     "state_nbytes",
 ]
@@ -239,6 +240,16 @@ def resolve_storage(
             'such as float32 or bfloat16, or as "int8"'
         )
     return StateStorage(dtype, real)
+
+
+def moment_storages(
+    caller: str, mu_dtype: Any, nu_dtype: Any
+) -> tuple[StateStorage, StateStorage]:
+    """The storages of a first moment and a (real) second moment, validated."""
+    return (
+        resolve_storage(caller, "mu_dtype", mu_dtype),
+        resolve_storage(caller, "nu_dtype", nu_dtype, real=True),
+    )
 
 
 def state_nbytes(state: Any) -> int:

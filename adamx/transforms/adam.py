@@ -13,7 +13,7 @@ from adamx import numerics
 from adamx._alias import optimizer_from
 from adamx._transform import moment_transform
 from adamx._validation import check_hyperparameters
-from adamx.storage import resolve_storage
+from adamx.storage import moment_storages
 
 
 class ScaleByAdamState(NamedTuple):
@@ -140,10 +140,7 @@ def scale_by_adam(
     caller = "scale_by_adam"
     hyperparameters = {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}
     check_hyperparameters(caller, **hyperparameters)
-    storages = (
-        resolve_storage(caller, "mu_dtype", mu_dtype),
-        resolve_storage(caller, "nu_dtype", nu_dtype, real=True),
-    )
+    storages = moment_storages(caller, mu_dtype, nu_dtype)
 
     def leaf_update(g, m, v, *, count, b1, b2, eps, eps_root):
         m = numerics.update_moment(m, g, b1)

@@ -14,7 +14,7 @@ from adamx import numerics
 from adamx._alias import optimizer_from
 from adamx._transform import moment_transform
 from adamx._validation import check_hyperparameters
-from adamx.storage import resolve_storage
+from adamx.storage import moment_storages
 
 
 class ScaleByAdamaxState(NamedTuple):
@@ -109,10 +109,7 @@ def scale_by_adamax(
     caller = "scale_by_adamax"
     hyperparameters = {"b1": b1, "b2": b2, "eps": eps}
     check_hyperparameters(caller, **hyperparameters)
-    storages = (
-        resolve_storage(caller, "mu_dtype", mu_dtype),
-        resolve_storage(caller, "nu_dtype", nu_dtype, real=True),
-    )
+    storages = moment_storages(caller, mu_dtype, nu_dtype)
 
     def leaf_update(g, m, u, *, count, b1, b2, eps):
         m = numerics.update_moment(m, g, b1)

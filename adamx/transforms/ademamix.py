@@ -13,7 +13,7 @@ from adamx import numerics
 from adamx._alias import make_optimizer
 from adamx._transform import moment_transform
 from adamx._validation import check_hyperparameters
-from adamx.storage import resolve_storage
+from adamx.storage import moment_storages
 
 
 class ScaleByAdemamixState(NamedTuple):
@@ -131,12 +131,8 @@ def scale_by_ademamix(
         "eps_root": eps_root,
     }
     check_hyperparameters(caller, **hyperparameters)
-    mu_storage = resolve_storage(caller, "mu_dtype", mu_dtype)
-    storages = (
-        mu_storage,
-        mu_storage,
-        resolve_storage(caller, "nu_dtype", nu_dtype, real=True),
-    )
+    mu_storage, nu_storage = moment_storages(caller, mu_dtype, nu_dtype)
+    storages = (mu_storage, mu_storage, nu_storage)
 
     def leaf_update(g, m, m_slow, v, *, count, b1, b2, b3, alpha, eps, eps_root):
         m = numerics.update_moment(m, g, b1)

@@ -15,7 +15,7 @@ from adamx import numerics
 from adamx._alias import optimizer_from
 from adamx._transform import moment_transform
 from adamx._validation import check_hyperparameters
-from adamx.storage import resolve_storage
+from adamx.storage import moment_storages
 
 
 class ScaleByAdoptState(NamedTuple):
@@ -159,10 +159,7 @@ def scale_by_adopt(
     check_hyperparameters(caller, **hyperparameters)
     if clip:
         hyperparameters["clip_value"] = clip_value_fn
-    storages = (
-        resolve_storage(caller, "mu_dtype", mu_dtype),
-        resolve_storage(caller, "nu_dtype", nu_dtype, real=True),
-    )
+    storages = moment_storages(caller, mu_dtype, nu_dtype)
 
     def leaf_update(g, m, v, *, count, b1, b2, eps, eps_root, clip_value=None):
         first = count == 1

@@ -14,7 +14,7 @@ from adamx import numerics
 from adamx._alias import make_optimizer
 from adamx._transform import moment_transform
 from adamx._validation import caller_name, check_hyperparameters
-from adamx.storage import resolve_storage
+from adamx.storage import moment_storages
 
 
 class ScaleByAmsgradState(NamedTuple):
@@ -130,8 +130,8 @@ def scale_by_amsgrad(
     caller = caller_name("scale_by_amsgrad")
     hyperparameters = {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}
     check_hyperparameters(caller, **hyperparameters)
-    nu_storage = resolve_storage(caller, "nu_dtype", nu_dtype, real=True)
-    storages = (resolve_storage(caller, "mu_dtype", mu_dtype), nu_storage, nu_storage)
+    mu_storage, nu_storage = moment_storages(caller, mu_dtype, nu_dtype)
+    storages = (mu_storage, nu_storage, nu_storage)
     debias = bias_correction
     if max_of not in (None, "corrected", "raw"):
         raise ValueError(f'{caller}(max_of={max_of!r}): use "corrected" or "raw"')

@@ -14,7 +14,7 @@ from adamx import numerics
 from adamx._alias import make_optimizer
 from adamx._transform import moment_transform
 from adamx._validation import caller_name, check_hyperparameters
-from adamx.storage import resolve_storage
+from adamx.storage import moment_storages
 from adamx.transforms.adam import ScaleByAdamState
 
 # 1/k! for k = 2..18: the Taylor series of expm1(y) - y to below float64's
@@ -193,10 +193,7 @@ def scale_by_radam(
         "threshold": threshold,
     }
     check_hyperparameters(caller, **hyperparameters)
-    storages = (
-        resolve_storage(caller, "mu_dtype", mu_dtype),
-        resolve_storage(caller, "nu_dtype", nu_dtype, real=True),
-    )
+    storages = moment_storages(caller, mu_dtype, nu_dtype)
 
     def leaf_update(g, m, v, *, count, b1, b2, eps, eps_root, threshold):
         m = numerics.update_moment(m, g, b1)

@@ -14,7 +14,7 @@ from adamx import numerics
 from adamx._alias import make_optimizer
 from adamx._transform import moment_transform
 from adamx._validation import check_hyperparameters
-from adamx.storage import resolve_storage
+from adamx.storage import moment_storages
 
 
 class ScaleByYogiState(NamedTuple):
@@ -120,10 +120,7 @@ def scale_by_yogi(
     check_hyperparameters(
         caller, **hyperparameters, initial_accumulator_value=initial_accumulator_value
     )
-    storages = (
-        resolve_storage(caller, "mu_dtype", mu_dtype),
-        resolve_storage(caller, "nu_dtype", nu_dtype, real=True),
-    )
+    storages = moment_storages(caller, mu_dtype, nu_dtype)
 
     def leaf_update(g, m, v, *, count, b1, b2, eps, eps_root):
         m = numerics.update_moment(m, g, b1)
