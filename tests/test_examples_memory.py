@@ -1,0 +1,109 @@
+"""examples/state_memory.py runs, prints a row per storage kind and draws its curves.
+
+The example runs once, in-process, at its --quick sizes; the tests below read
+its printed tables, its PNG, its JSON and the numbers main() returns.
+"""
+
+import contextlib
+import io
+import json
+import math
+import pathlib
+import re
+import runpy
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+KINDS = ("fp32", "bf16", "bf16-sr", "int8")
+TASKS = ("digits MLP", "byte transformer LM")
+# Starting losses: log(10) for 10 digit classes, log(256) for bytes; each run
+# must end well below them.
+CHANCE = {"digits MLP": math.log(10), "byte transformer LM": math.log(256)}
+# Bytes per stored value of one moment (two moments per parameter, plus a few
+# int32 step counters in the whole state).
+BYTES = {"fp32": 4, "bf16": 2, "bf16-sr": 2}
+COUNTERS = 64
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("state_memory")
+    png, numbers = tmp / "curves" / "loss.png", tmp / "numbers.json"
+    namespace = runpy.run_path(
+        str(ROOT / "examples" / "state_memory.py"), run_name="state_memory"
+    )
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        results = namespace["main"](
+            ["--quick", "--out", str(png), "--json", str(numbers)]
+        )
+    return {
+        "stdout": out.getvalue(),
+        "results": results,
+        "png": png,
+        "json": numbers,
+    }
+
+
+def rows_of(run, task):
+    return {row["kind"]: row for row in run["results"][task]}
+
+
+def test_prints_one_row_per_kind_per_task(run):
+    printed = re.findall(
+        r"^(\S+)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+[+-]\d+\.\d+%", run["stdout"], re.M
+    )
+    assert [kind for kind, _, _ in printed] == list(KINDS) * len(TASKS)
+    for task in TASKS:
+        assert f"{task}: " in run["stdout"]
+    assert "Machine: " in run["stdout"]
+    # The printed losses are the returned ones.
+    returned = [row for task in TASKS for row in run["results"][task]]
+    for (_, train, val), row in zip(printed, returned, strict=True):
+        assert float(train) == pytest.approx(row["train_loss"], abs=1e-5)
+        assert float(val) == pytest.approx(row["val_loss"], abs=1e-5)
+
+
+def test_writes_png_and_json(run):
+    data = run["png"].read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+    payload = json.loads(run["json"].read_text())
+    assert payload["quick"] is True
+    assert set(payload["tasks"]) == set(TASKS)
+    for task in TASKS:
+        kinds = [r["kind"] for r in payload["tasks"][task]["runs"]]
+        assert kinds == list(KINDS)
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_losses_finite_learned_and_near_fp32(run, task, kind):
+    rows = rows_of(run, task)
+    row, base = rows[kind], rows["fp32"]
+    assert len(row["losses"]) == 40
+    assert all(math.isfinite(x) for x in row["losses"])
+    assert math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])
+    assert row["train_loss"] < 0.8 * CHANCE[task]
+    assert row["val_loss"] < 0.8 * CHANCE[task]
+    # Generous: the same model, data and batches; only the state storage differs.
+    assert abs(row["train_loss"] - base["train_loss"]) <= 0.05 * base["train_loss"]
+    assert abs(row["val_loss"] - base["val_loss"]) <= 0.05 * base["val_loss"]
+    mean_train = sum(row["losses"][-20:]) / 20
+    assert row["train_loss"] == pytest.approx(mean_train, rel=1e-12)
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_state_bytes_per_parameter(run, task, kind):
+    rows = rows_of(run, task)
+    row = rows[kind]
+    n = row["n_params"]
+    assert row["bytes_per_param"] == pytest.approx(row["state_bytes"] / n)
+    if kind in BYTES:
+        assert 0 <= row["state_bytes"] - 2 * BYTES[kind] * n <= COUNTERS
+    else:
+        # 8-bit leaves take 1 byte a value plus a float32 scale per 256 values;
+        # leaves under 4096 values stay float32, so int8 lies between the two.
+        assert 2 * n * (1 + 4 / 256) < row["state_bytes"] < rows["bf16"]["state_bytes"]
+    assert row["step_ms"] > 0 and math.isfinite(row["time_ratio"])
