@@ -88,6 +88,34 @@ def _blocked(x: jax.Array, block_size: int) -> jax.Array:
     return x.reshape(*x.shape[:-1], padded // block_size, block_size)
 
 
+def _take(table: jax.Array, indices: jax.Array) -> jax.Array:
+    """``table[indices]`` for a small replicated table, sharded like ``indices``.
+
+    Plain indexing cannot infer the result's sharding under explicit mesh axes;
+    JAX versions without ``jax.typeof`` have no explicit axes and index plainly.
+    """
+    if not hasattr(jax, "typeof"):
+        return table[indices]
+    return table.at[indices].get(out_sharding=jax.typeof(indices).sharding)
+
+
+def _nearest_code(normalized: jax.Array, code_map: jax.Array) -> jax.Array:
+    """Index of the ``code_map`` entry nearest to each value: a binary search.
+
+    ``bounds[k]`` is the midpoint between entries ``k`` and ``k + 1`` (the
+    last is infinite); the result counts the bounds below each value, as
+    ``jnp.searchsorted(bounds[:-1], normalized)`` would.
+    """
+    bounds = jnp.append((code_map[1:] + code_map[:-1]) / 2, jnp.inf)
+    codes = jnp.zeros_like(normalized, dtype=jnp.int32)
+    step = bounds.shape[0] // 2
+    while step:
+        below = _take(bounds, codes + (step - 1)) < normalized
+        codes = jnp.where(below, codes + step, codes)
+        step //= 2
+    return codes
+
+
 def quantize_blockwise(
     x: jax.Array, code_map: jax.Array, block_size: int
 ) -> tuple[jax.Array, jax.Array]:
@@ -111,8 +139,7 @@ def quantize_blockwise(
     safe = jnp.where(scales > 0, scales, 1.0)
     normalized = blocks / safe[..., None]
     # Nearest entry: the code map is sorted, so compare against the midpoints.
-    midpoints = (code_map[1:] + code_map[:-1]) / 2
-    codes = jnp.searchsorted(midpoints, normalized, method="scan_unrolled")
+    codes = _nearest_code(normalized, code_map)
     codes = codes.reshape(*x.shape[:-1], -1)[..., : x.shape[-1]]
     return codes.astype(jnp.uint8), scales
 
@@ -121,6 +148,6 @@ def dequantize_blockwise(
     codes: jax.Array, scales: jax.Array, code_map: jax.Array, block_size: int
 ) -> jax.Array:
     """The float32 values that ``quantize_blockwise`` encoded."""
-    values = _blocked(code_map[codes.astype(jnp.int32)], block_size)
+    values = _blocked(_take(code_map, codes.astype(jnp.int32)), block_size)
     values = values * scales[..., None]
     return values.reshape(*codes.shape[:-1], -1)[..., : codes.shape[-1]]

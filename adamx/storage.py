@@ -156,12 +156,18 @@ class StateStorage:
 
     def init(self, param: jax.Array, initial_value: ArrayLike = 0.0) -> Any:
         """``initial_value`` (default 0) shaped like ``param``, as stored."""
+        if self._quantizes(param) and jnp.issubdtype(param.dtype, jnp.complexfloating):
+            raise TypeError("8-bit state holds real moments only; complex leaf")
+        dtype = jnp.float32 if self._quantizes(param) else self.dtype_for(param.dtype)
+        # Computed from ``param`` rather than a constant: under jit the compiler
+        # then gives the moment the parameter's sharding (a constant would be
+        # replicated), and does not fold the 8-bit quantization at compile time.
+        # |p| * 0 is +0 for every finite p; non-finite p count as 0.
+        finite = jnp.where(jnp.isfinite(param), param, 0)
+        value = (jnp.abs(finite) * 0).astype(dtype) + jnp.asarray(initial_value, dtype)
         if self._quantizes(param):
-            if jnp.issubdtype(param.dtype, jnp.complexfloating):
-                raise TypeError("8-bit state holds real moments only; complex leaf")
-            value = jnp.full_like(param, initial_value, dtype=jnp.float32)
             return QuantizedArray(*self._quantize(value))
-        return jnp.full_like(param, initial_value, dtype=self.dtype_for(param.dtype))
+        return value
 
     def _code_map(self) -> jax.Array:
         return quantization.dynamic_code_map(signed=not self.real)
