@@ -79,10 +79,10 @@ def moment_transform(
 
         def leaf(index, path, g, *stored):
             for storage, x in zip(storages, stored, strict=True):
-                if storage.shape(x) != g.shape:
+                problem = storage.mismatch(x, g.shape)
+                if problem is not None:
                     raise ValueError(
-                        f"{caller}: the state leaf for update {path} is shaped "
-                        f"{storage.shape(x)}, the update {g.shape}"
+                        f"{caller}: the state leaf for update {path} {problem}"
                     )
             dtype = numerics.compute_dtype(g.dtype)
             cast = {

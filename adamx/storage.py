@@ -78,7 +78,8 @@ class Quantized:
                 f"Quantized(block_size={size!r}): block_size must be a positive "
                 "power of two"
             )
-        if not isinstance(self.min_size, int) or self.min_size < 0:
+        min_size = self.min_size
+        if not isinstance(min_size, int) or isinstance(min_size, bool) or min_size < 0:
             raise ValueError(
                 f"Quantized(min_size={self.min_size!r}): min_size must be an int >= 0"
             )
@@ -177,9 +178,34 @@ class StateStorage:
             value, self._code_map(), self.quantized.block_size
         )
 
-    def shape(self, stored: Any) -> tuple[int, ...]:
-        """The parameter shape that ``stored`` belongs to."""
-        return (stored.codes if isinstance(stored, QuantizedArray) else stored).shape
+    def mismatch(self, stored: Any, shape: tuple[int, ...]) -> str | None:
+        """Why ``stored`` cannot be this storage's leaf for an update of ``shape``.
+
+        None when it can. Catches a state saved for other parameters or built
+        with another storage, before it turns into a broadcasting error.
+        """
+        quantized = isinstance(stored, QuantizedArray)
+        held = stored.codes.shape if quantized else jnp.shape(stored)
+        if tuple(held) != tuple(shape):
+            return f"is shaped {tuple(held)}, the update {tuple(shape)}"
+        expects_codes = self.quantized is not None and len(shape) >= 1
+        expects_codes = expects_codes and int(np.prod(shape)) >= self.quantized.min_size
+        if quantized != expects_codes:
+            kinds = ("8-bit codes", "a plain array")
+            return (
+                f"holds {kinds[not quantized]} but this transform stores "
+                f"{kinds[not expects_codes]} there (mu_dtype/nu_dtype differ from "
+                "the ones the state was built with)"
+            )
+        if quantized:
+            blocks = quantization.num_blocks(shape[-1], self.quantized.block_size)
+            expected = (*shape[:-1], blocks)
+            if tuple(stored.scales.shape) != expected:
+                return (
+                    f"has scales shaped {tuple(stored.scales.shape)}, not {expected} "
+                    f"(block_size {self.quantized.block_size})"
+                )
+        return None
 
     def read(self, stored: Any) -> jax.Array:
         """The stored leaf in its compute dtype (float32 for 8-bit leaves)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -172,15 +173,12 @@ def ademamix(
     function of the params) limits the decay to some leaves, as in
     ``optax.add_decayed_weights``. Matches ``optax.contrib.ademamix``.
     """
-    caller = "ademamix"
-    check_hyperparameters(
-        caller, b1=b1, b2=b2, b3=b3, alpha=alpha, eps=eps, eps_root=eps_root
-    )
-    direction = scale_by_ademamix(
-        b1, b2, b3, alpha, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype
-    )
+    direction = functools.partial(
+        scale_by_ademamix,
+        b1, b2, b3, alpha, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
+    )  # fmt: skip
     return make_optimizer(
-        caller, direction, learning_rate, weight_decay=weight_decay, mask=mask
+        "ademamix", direction, learning_rate, weight_decay=weight_decay, mask=mask
     )
 
 

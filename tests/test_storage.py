@@ -1,0 +1,1002 @@
+"""How moments are stored: 8-bit block-wise codes and bfloat16 stochastic rounding.
+
+Table-driven over the storage kinds and over every ``scale_by_*`` and alias in
+``adamx.__all__``:
+
+- the dynamic code maps have the layout the :mod:`adamx.quantization`
+  docstring describes (checked against counts derived here from that text);
+- ``quantize_blockwise``/``dequantize_blockwise`` agree with a float64 NumPy
+  implementation written here (per-block absmax, nearest entry by argmin);
+- ``mu_dtype="int8", nu_dtype="int8"`` gives every variant 8-bit state for
+  large leaves and float32 for small ones, under jit and ``eval_shape``, which
+  survives a checkpoint bit for bit and tracks the float32 trajectory;
+- ``adamx.state_nbytes`` counts what each storage kind costs;
+- :class:`adamx.StochasticRounding` is unbiased, keeps a slow moving average
+  moving where round-to-nearest bfloat16 stalls, and is reproducible;
+- bad storage arguments and states that do not fit are refused, naming the
+  call, the argument or the leaf;
+- a small MLP on scikit-learn's digits trains to the float32 loss with
+  bfloat16 and 8-bit state.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import io
+import itertools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import adamx
+from adamx.quantization import (
+    dequantize_blockwise,
+    dynamic_code_map,
+    quantize_blockwise,
+)
+
+DIRECTIONS = sorted(n for n in adamx.__all__ if n.startswith("scale_by_"))
+OPTIMIZERS = sorted(
+    n
+    for n in adamx.__all__
+    if inspect.isfunction(getattr(adamx, n))
+    and "learning_rate" in inspect.signature(getattr(adamx, n)).parameters
+)
+ALL = DIRECTIONS + OPTIMIZERS
+LEARNING_RATE = 1e-2
+INT8 = {"mu_dtype": "int8", "nu_dtype": "int8"}
+
+
+def _build(name, **kwargs):
+    if name in OPTIMIZERS:
+        kwargs.setdefault("learning_rate", LEARNING_RATE)
+    return getattr(adamx, name)(**kwargs)
+
+
+def _moments(state):
+    """(field, subtree) for every mu*/nu* field of every NamedTuple state inside."""
+    found = []
+
+    def visit(node):
+        if isinstance(node, tuple) and hasattr(node, "_fields"):
+            for field in node._fields:
+                if field.startswith(("mu", "nu")):
+                    found.append((field, getattr(node, field)))
+        if isinstance(node, (tuple, list)) and not isinstance(
+            node, adamx.QuantizedArray
+        ):
+            for child in node:
+                visit(child)
+
+    visit(state)
+    return found
+
+
+# ------------------------------------------------------------------ code maps
+#
+# The module docstring: each decade (10^-k-1, 10^-k] below 1 gets a run of
+# evenly spaced entries. Signed: 0, then +-127 magnitudes over 7 decades with
+# 1, 2, 4, ..., 64 entries from the smallest decade to the largest, +-1
+# exactly, and a 256th entry that is the smallest positive magnitude halved.
+# Unsigned: 0 and 255 magnitudes over 8 decades with 1, 2, ..., 128 entries.
+
+MAPS = {"signed": (True, 7), "unsigned": (False, 8)}
+
+
+def _decade(k):
+    """The float32 bounds (low, high] of the decade (10^-k-1, 10^-k]."""
+    return np.float32(10.0 ** -(k + 1)), np.float32(10.0**-k)
+
+
+def _in_decade(values, k):
+    low, high = _decade(k)
+    return values[(values > low) & (values <= high)]
+
+
+@pytest.mark.parametrize("kind", MAPS)
+def test_code_map_is_256_sorted_unique_float32(kind):
+    signed, _ = MAPS[kind]
+    code_map = dynamic_code_map(signed=signed)
+    assert code_map.shape == (256,) and code_map.dtype == jnp.float32
+    values = np.asarray(code_map)
+    assert np.all(np.diff(values) > 0)
+    assert len(np.unique(values)) == 256
+    assert 0.0 in values and 1.0 in values
+    if signed:
+        assert -1.0 in values
+        assert values[0] == -1.0 and values[-1] == 1.0
+        assert (values < 0).sum() == 127 and (values > 0).sum() == 128
+    else:
+        assert values[0] == 0.0 and values[-1] == 1.0
+        assert (values < 0).sum() == 0 and (values > 0).sum() == 255
+
+
+@pytest.mark.parametrize(
+    ("kind", "k"),
+    [(kind, k) for kind, (_, decades) in MAPS.items() for k in range(decades)],
+)
+def test_code_map_entries_per_decade(kind, k):
+    signed, decades = MAPS[kind]
+    values = np.asarray(dynamic_code_map(signed=signed), np.float64)
+    expected = 2 ** (decades - 1 - k)  # the largest decade (k=0) has the most
+    positive = _in_decade(values[values > 0], k)
+    if signed:
+        negative = _in_decade(-values[values < 0], k)
+        assert len(negative) == expected
+        # The extra 256th entry lies in the smallest decade, on the positive side.
+        assert len(positive) == expected + (k == decades - 1)
+    else:
+        assert len(positive) == expected
+    if expected >= 3:  # evenly spaced within the decade
+        gaps = np.diff(positive)
+        np.testing.assert_allclose(gaps, gaps[0], rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", MAPS)
+def test_code_map_has_nothing_below_its_smallest_decade(kind):
+    signed, decades = MAPS[kind]
+    values = np.abs(np.asarray(dynamic_code_map(signed=signed), np.float64))
+    low, _ = _decade(decades - 1)
+    assert set(values[values <= low]) == {0.0}
+
+
+def test_signed_map_is_symmetric_but_for_the_halved_smallest_magnitude():
+    values = np.asarray(dynamic_code_map(signed=True), np.float64)
+    positive = np.sort(values[values > 0])
+    negative = np.sort(-values[values < 0])
+    np.testing.assert_array_equal(positive[1:], negative)
+    assert positive[0] == np.float32(positive[1] / 2)
+
+
+# ------------------------------------------------- block-wise quantization
+
+# Jitted once per shape, as a transform's update runs them (op-by-op dispatch
+# would compile every primitive separately for every shape in the table).
+_quantize = jax.jit(quantize_blockwise, static_argnums=2)
+_dequantize = jax.jit(dequantize_blockwise, static_argnums=3)
+
+
+def _reference_quantize(x, code_map, block_size):
+    """(codes, scales, x/scale, distances to every entry) in float64, by argmin."""
+    x = np.asarray(x, np.float64)
+    table = np.asarray(code_map, np.float64)
+    length = x.shape[-1]
+    blocks = -(-length // block_size)
+    padded = np.zeros((*x.shape[:-1], blocks * block_size))
+    padded[..., :length] = x
+    blocked = padded.reshape(*x.shape[:-1], blocks, block_size)
+    scales = np.abs(blocked).max(axis=-1)
+    safe = np.where(scales > 0, scales, 1.0)
+    normalized = (blocked / safe[..., None]).reshape(padded.shape)[..., :length]
+    distances = np.abs(normalized[..., None] - table)
+    return distances.argmin(axis=-1), scales, normalized, distances
+
+
+def _spanning(rng, shape, signed, low=1e-9):
+    """Values whose magnitudes are log-uniform over [low, 1), signed or not."""
+    values = 10.0 ** rng.uniform(np.log10(low), 0.0, size=shape)
+    if signed:
+        values *= rng.choice([-1.0, 1.0], size=shape)
+    return values.astype(np.float32)
+
+
+def _midpoints_block():
+    """A block with 1.0 (its scale) and exact midpoints between code-map entries."""
+    table = np.asarray(dynamic_code_map(signed=True), np.float64)
+    middles = (table[1:] + table[:-1]) / 2
+    exact = middles[middles.astype(np.float32) == middles]
+    assert len(exact) >= 50  # enough exact ties to exercise them
+    return np.concatenate([[1.0], exact[:255]]).astype(np.float32)[None, :]
+
+
+QUANTIZE_CASES = {
+    # name: (values, block size, signed map)
+    "1-D padded": (lambda r: r.normal(size=1000).astype(np.float32), 256, True),
+    "2-D whole blocks": (lambda r: _spanning(r, (4, 512), False), 256, False),
+    "3-D padded": (lambda r: _spanning(r, (3, 5, 300), True), 256, True),
+    "small blocks": (lambda r: _spanning(r, (7, 100), False, 1e-6), 64, False),
+    "one partial block": (
+        lambda r: r.normal(size=(2, 100)).astype(np.float32),
+        256,
+        True,
+    ),
+    "block of one": (lambda r: r.normal(size=(3, 5)).astype(np.float32), 1, True),
+    "exact ties": (lambda r: _midpoints_block(), 256, True),
+}
+
+
+@pytest.mark.parametrize("case", QUANTIZE_CASES)
+def test_quantize_matches_a_float64_argmin_reference(case):
+    make, block_size, signed = QUANTIZE_CASES[case]
+    x = make(np.random.default_rng(sum(map(ord, case))))
+    code_map = dynamic_code_map(signed=signed)
+    table = np.asarray(code_map, np.float64)
+
+    codes, scales = _quantize(jnp.asarray(x), code_map, block_size)
+    want_codes, want_scales, normalized, distances = _reference_quantize(
+        x, code_map, block_size
+    )
+
+    blocks = -(-x.shape[-1] // block_size)
+    assert codes.dtype == jnp.uint8 and codes.shape == x.shape
+    assert scales.dtype == jnp.float32 and scales.shape == (*x.shape[:-1], blocks)
+    np.testing.assert_array_equal(scales, want_scales.astype(np.float32))
+
+    # Equal codes, except where two entries are equally near (up to the float32
+    # rounding of x / scale and of the midpoints between entries).
+    got = np.asarray(codes).astype(np.int64)
+    got_distance = np.take_along_axis(distances, got[..., None], -1)[..., 0]
+    best = distances.min(axis=-1)
+    slack = 2.0**-21 * (np.abs(normalized) + 2.0**-40)
+    assert np.all(got_distance <= best + slack)
+    tied = got != want_codes
+    assert np.all(np.abs(got_distance - best)[tied] <= slack[tied])
+    if case == "exact ties":
+        assert np.all(got_distance == best)
+    else:
+        assert tied.mean() < 1e-3
+
+    decoded = _dequantize(codes, scales, code_map, block_size)
+    scale_of = np.repeat(np.asarray(scales, np.float64), block_size, axis=-1)
+    expected = (table[got] * scale_of[..., : x.shape[-1]]).astype(np.float32)
+    assert decoded.dtype == jnp.float32 and decoded.shape == x.shape
+    np.testing.assert_array_equal(decoded, expected)
+
+
+def test_quantize_handles_all_zero_blocks():
+    x = np.random.default_rng(3).normal(size=(4, 600)).astype(np.float32)
+    x[0, :256] = 0.0  # the first block of a row
+    x[1, 512:] = 0.0  # the padded last block
+    x[2, 256:512] = -0.0
+    x[3] = 0.0  # a whole row
+    code_map = dynamic_code_map(signed=True)
+    codes, scales = _quantize(jnp.asarray(x), code_map, 256)
+    decoded = np.asarray(_dequantize(codes, scales, code_map, 256))
+    zero_blocks = [(0, 0), (1, 2), (2, 1), (3, 0), (3, 1), (3, 2)]
+    for row, block in zero_blocks:
+        assert scales[row, block] == 0.0
+        assert np.all(decoded[row, 256 * block : 256 * (block + 1)] == 0.0)
+    assert np.all(np.isfinite(decoded))
+    nonzero = np.ones(scales.shape, bool)
+    nonzero[tuple(zip(*zero_blocks, strict=True))] = False
+    assert np.all(np.asarray(scales)[nonzero] > 0)
+
+
+# Worst-case relative error per magnitude: in the decade (10^-k-1, 10^-k] of
+# |x|/absmax, with c evenly spaced entries up to 10^-k, rounding to the nearest
+# entry is off by at most half their spacing, 0.45 * 10^-k / c, which relative
+# to the decade's smallest value 10^-k-1 is 4.5 / c.
+ERROR_BOUNDS = [
+    (kind, k, 2 ** (decades - 1 - k))
+    for kind, (_, decades) in MAPS.items()
+    for k in range(decades)
+    if 2 ** (decades - 1 - k) >= 4
+]
+
+
+@pytest.mark.parametrize(("kind", "k", "entries"), ERROR_BOUNDS)
+def test_round_trip_error_is_bounded_by_the_map_spacing(kind, k, entries):
+    signed, _ = MAPS[kind]
+    rng = np.random.default_rng(10 * k + signed)
+    low, high = 10.0 ** -(k + 1), 10.0**-k
+    x = (10.0 ** rng.uniform(np.log10(low), np.log10(high), size=(8, 256))).astype(
+        np.float32
+    )
+    if signed:
+        x *= rng.choice([-1.0, 1.0], size=x.shape).astype(np.float32)
+    x[:, 0] = 1.0  # each block's scale is exactly 1
+    code_map = dynamic_code_map(signed=signed)
+    codes, scales = _quantize(jnp.asarray(x), code_map, 256)
+    decoded = np.asarray(_dequantize(codes, scales, code_map, 256), np.float64)
+    x64 = x.astype(np.float64)[:, 1:]
+    relative = np.abs(decoded[:, 1:] - x64) / np.abs(x64)
+    bound = 4.5 / entries
+    assert relative.max() <= bound * (1 + 1e-5), (relative.max(), bound)
+    absolute = np.abs(decoded[:, 1:] - x64)
+    assert absolute.max() <= 0.45 * high / entries * (1 + 1e-5) + 1e-12
+
+
+# --------------------------------------------- int8 state, every variant
+
+W_SHAPE, B_SHAPE = (64, 512), (512,)
+STEPS = 50
+
+
+def _setup():
+    rng = np.random.default_rng(0)
+    params = {
+        "w": jnp.asarray(rng.normal(size=W_SHAPE), jnp.float32),
+        "b": jnp.asarray(rng.normal(size=B_SHAPE), jnp.float32),
+    }
+    target = jax.tree.map(lambda p: 0.5 * p + 1.0, params)
+    # Gradient magnitudes vary along the last axis, within each block.
+    spread = {
+        "w": jnp.broadcast_to(1.0 + jnp.arange(512.0)[None, :] / 512, W_SHAPE),
+        "b": 1.0 + jnp.arange(512.0) / 512,
+    }
+    noise = {
+        "w": jnp.asarray(0.3 * rng.normal(size=(STEPS, *W_SHAPE)), jnp.float32),
+        "b": jnp.asarray(0.3 * rng.normal(size=(STEPS, *B_SHAPE)), jnp.float32),
+    }
+    return params, target, spread, noise
+
+
+PARAMS, TARGET, SPREAD, NOISE = _setup()
+
+
+def _grads(params, step):
+    """A noisy quadratic's gradient: (p - target) * spread + noise_t."""
+    return {k: (params[k] - TARGET[k]) * SPREAD[k] + NOISE[k][step] for k in ("w", "b")}
+
+
+def _move(name, params, updates):
+    """Params after a step: a scale_by_* gives a direction, an optimizer the step."""
+    if name in DIRECTIONS:
+        updates = jax.tree.map(lambda u: -LEARNING_RATE * u, updates)
+    return jax.tree.map(jnp.add, params, updates)
+
+
+@functools.cache
+def _int8_transforms():
+    """Every variant's int8 transform, and one jitted update running all of them.
+
+    One compilation of all the updates costs about half as much as compiling
+    each alone, and every variant's update is still traced and run under jit.
+    Besides the outputs it returns whether each variant's updates are finite.
+    """
+    transforms = {name: _build(name, **INT8) for name in ALL}
+
+    @jax.jit
+    def update_all(grads, states, params):
+        outputs = {
+            name: tx.update(grads[name], states[name], params[name])
+            for name, tx in transforms.items()
+        }
+        finite = {
+            name: jnp.all(
+                jnp.stack([jnp.all(jnp.isfinite(u)) for u in jax.tree.leaves(o[0])])
+            )
+            for name, o in outputs.items()
+        }
+        return outputs, finite
+
+    return transforms, update_all
+
+
+def _run_all(params, states, steps, keep=3):
+    """Every variant's jitted int8 update over ``steps``.
+
+    Returns the final params and states, each variant's finiteness per step,
+    and for the first ``keep`` steps the inputs (grads, states, params) and
+    outputs (updates, state) of every variant.
+    """
+    _, update_all = _int8_transforms()
+    record, finite = [], []
+    for step in steps:
+        grads = {name: _grads(params[name], step) for name in ALL}
+        outputs, ok = update_all(grads, states, params)
+        finite.append(ok)
+        if len(record) < keep:
+            record.append((grads, states, params, outputs))
+        params = {name: _move(name, params[name], outputs[name][0]) for name in ALL}
+        states = {name: outputs[name][1] for name in ALL}
+    return params, states, finite, record
+
+
+CHECKPOINT_STEP = 3
+
+
+def _through_a_checkpoint(tree):
+    """``tree`` flattened to NumPy, written and read back, and unflattened."""
+    leaves, treedef = jax.tree.flatten(tree)
+    buffer = io.BytesIO()
+    np.savez(buffer, *[np.asarray(x) for x in leaves])
+    buffer.seek(0)
+    with np.load(buffer) as saved:
+        loaded = [saved[f"arr_{i}"] for i in range(len(leaves))]
+    return jax.tree.unflatten(treedef, loaded)
+
+
+@functools.cache
+def _int8_runs():
+    """The int8 runs of every variant: up to the checkpoint, on, and restored."""
+    transforms, _ = _int8_transforms()
+    params = dict.fromkeys(ALL, PARAMS)
+    states = {name: tx.init(PARAMS) for name, tx in transforms.items()}
+    head = _run_all(params, states, range(CHECKPOINT_STEP))
+    params, states = head[:2]
+    tail = _run_all(params, states, range(CHECKPOINT_STEP, STEPS))
+    restored = _through_a_checkpoint(states)
+    resumed = _run_all(params, restored, range(CHECKPOINT_STEP, CHECKPOINT_STEP + 3))
+    return head, tail, restored, resumed
+
+
+def _assert_close_states(got, want):
+    """Float leaves to float32 rounding; 8-bit codes may differ by one at ties."""
+    got_leaves, got_def = jax.tree.flatten(got)
+    want_leaves, want_def = jax.tree.flatten(want)
+    assert got_def == want_def
+    for a, b in zip(got_leaves, want_leaves, strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        if a.dtype == np.uint8:
+            diff = np.abs(a.astype(np.int64) - b.astype(np.int64))
+            assert diff.max() <= 1 and (diff > 0).mean() <= 1e-3
+        elif np.issubdtype(a.dtype, np.integer):
+            np.testing.assert_array_equal(a, b)
+        else:
+            scale = np.abs(b).max() if b.size else 0.0
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * scale)
+
+
+def _assert_identical(got, want):
+    got_leaves, got_def = jax.tree.flatten(got)
+    want_leaves, want_def = jax.tree.flatten(want)
+    assert got_def == want_def
+    for a, b in zip(got_leaves, want_leaves, strict=True):
+        assert np.asarray(a).dtype == np.asarray(b).dtype
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_int8_state_holds_codes_for_large_leaves_only(name):
+    state = _int8_transforms()[0][name].init(PARAMS)
+    moments = _moments(state)
+    assert {field[:2] for field, _ in moments} == {"mu", "nu"}, moments
+    for field, moment in moments:
+        w, b = moment["w"], moment["b"]
+        assert isinstance(w, adamx.QuantizedArray), field
+        assert w.codes.dtype == jnp.uint8 and w.codes.shape == W_SHAPE
+        assert w.scales.dtype == jnp.float32 and w.scales.shape == (64, 2)
+        assert not isinstance(b, adamx.QuantizedArray)
+        assert b.dtype == jnp.float32 and b.shape == B_SHAPE
+    # Every moment starts where the float32 one does (0, or an initial value).
+    reference = dict(_moments(_build(name).init(PARAMS)))
+    for field, moment in moments:
+        table = dynamic_code_map(signed=field.startswith("mu"))
+        w = moment["w"]
+        decoded = _dequantize(w.codes, w.scales, table, 256)
+        np.testing.assert_array_equal(decoded, reference[field]["w"])
+        np.testing.assert_array_equal(moment["b"], reference[field]["b"])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_int8_eval_shape_matches_init(name):
+    tx = _int8_transforms()[0][name]
+    abstract = jax.eval_shape(tx.init, PARAMS)
+    concrete = tx.init(PARAMS)
+    assert jax.tree.structure(abstract) == jax.tree.structure(concrete)
+    for a, c in zip(jax.tree.leaves(abstract), jax.tree.leaves(concrete), strict=True):
+        assert (a.shape, a.dtype) == (c.shape, c.dtype)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_int8_jit_agrees_with_eager(name):
+    tx = _int8_transforms()[0][name]
+    head, _, _, _ = _int8_runs()
+    record = head[3]
+    assert len(record) == CHECKPOINT_STEP
+    for grads, states, params, outputs in record:
+        eager = tx.update(grads[name], states[name], params[name])
+        _assert_close_states(outputs[name], eager)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_int8_state_survives_a_checkpoint_bit_for_bit(name):
+    head, tail, restored, resumed = _int8_runs()
+    original = head[1][name]
+    assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(restored[name]))
+    _assert_identical(restored[name], original)
+    # Continuing from the restored state matches continuing from the original.
+    want, got = tail[3], resumed[3]
+    assert len(got) == len(want) == 3
+    for (_, _, _, a), (_, _, _, b) in zip(got, want, strict=True):
+        _assert_identical(a[name], b[name])
+
+
+def _distance(a, b):
+    return float(
+        np.sqrt(
+            sum(
+                np.sum((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2)
+                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+            )
+        )
+    )
+
+
+# 8-bit moments carry a relative error of up to 0.7% near their block's
+# maximum and up to 7% a decade below it (the signed map's 64 entries in
+# [0.1, 1]). Such errors mostly average out over steps rather than add up: over
+# these 50 steps every variant's int8 params land within 1.7% of the float32
+# run's total movement from the same start. 5% leaves room for that, while a
+# broken encoding (wrong scale, wrong map, lost sign) moves far more.
+TRAJECTORY_TOLERANCE = 0.05
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_int8_trajectory_tracks_float32(name):
+    head, tail, _, _ = _int8_runs()
+    final = tail[0][name]
+    finite = [bool(ok[name]) for ok in head[2] + tail[2]]
+    assert len(finite) == STEPS and all(finite)
+    for _, _, _, outputs in head[3] + tail[3]:
+        assert {leaf.dtype for leaf in jax.tree.leaves(outputs[name][0])} == {
+            np.dtype(jnp.float32)
+        }
+    full = _build(name)
+    params, state = PARAMS, full.init(PARAMS)
+    for step in range(STEPS):
+        updates, state = full.update(_grads(params, step), state, params)
+        params = _move(name, params, updates)
+    movement = _distance(params, PARAMS)
+    assert movement > 1.0  # the run goes somewhere
+    assert _distance(final, params) <= TRAJECTORY_TOLERANCE * movement
+
+
+# ------------------------------------------------------------ storage options
+
+STORAGE_OPTIONS = {
+    # name: (storage, scales shape of w or None when float32, b quantized)
+    "int8": ("int8", (64, 2), False),
+    "Quantized()": (adamx.Quantized(), (64, 2), False),
+    "block 64": (adamx.Quantized(block_size=64), (64, 8), False),
+    "block 1024": (adamx.Quantized(block_size=1024), (64, 1), False),
+    "min_size 512": (adamx.Quantized(min_size=512), (64, 2), True),
+    "min_size above w": (adamx.Quantized(min_size=64 * 512 + 1), None, False),
+}
+
+
+@pytest.mark.parametrize("option", STORAGE_OPTIONS)
+def test_quantized_options_decide_which_leaves_and_blocks(option):
+    storage, w_scales, b_quantized = STORAGE_OPTIONS[option]
+    params = {**PARAMS, "s": jnp.ones(())}  # a 0-d leaf always stays float32
+    tx = adamx.scale_by_adam(mu_dtype=storage, nu_dtype=storage)
+    state = jax.eval_shape(tx.init, params)  # init's layout, as checked above
+    for moment in (state.mu, state.nu):
+        w, b, s = moment["w"], moment["b"], moment["s"]
+        if w_scales is None:
+            assert not isinstance(w, adamx.QuantizedArray)
+            assert w.shape == W_SHAPE and w.dtype == jnp.float32
+        else:
+            assert isinstance(w, adamx.QuantizedArray)
+            assert w.codes.shape == W_SHAPE and w.codes.dtype == jnp.uint8
+            assert w.scales.shape == w_scales and w.scales.dtype == jnp.float32
+        assert isinstance(b, adamx.QuantizedArray) == b_quantized
+        assert not isinstance(s, adamx.QuantizedArray)
+        assert s.shape == () and s.dtype == jnp.float32
+
+
+def test_small_complex_leaves_keep_complex_float_state_under_int8():
+    params = {"z": jnp.ones((10, 10), jnp.complex64), "w": PARAMS["w"]}
+    tx = adamx.scale_by_adam(**INT8)
+    state = tx.init(params)
+    assert state.mu["z"].dtype == jnp.complex64
+    assert state.nu["z"].dtype == jnp.float32
+    assert isinstance(state.mu["w"], adamx.QuantizedArray)
+    grads = {"z": jnp.full((10, 10), 1 + 1j, jnp.complex64), "w": PARAMS["w"]}
+    updates, _ = tx.update(grads, state)
+    assert updates["z"].dtype == jnp.complex64
+    assert bool(jnp.all(jnp.isfinite(updates["z"])))
+
+
+# -------------------------------------------------------------------- memory
+
+BIG = (1024, 4096)
+N_BIG = BIG[0] * BIG[1]
+COUNT_BYTES = 4
+
+
+def _moment_bytes(kind):
+    """Bytes of one moment of the BIG leaf, by hand."""
+    return {
+        "float32": 4 * N_BIG,
+        "bfloat16": 2 * N_BIG,
+        "stochastic": 2 * N_BIG,
+        # one byte per value plus a float32 scale per 256 values along the last axis
+        "int8": N_BIG + 4 * BIG[0] * (BIG[1] // 256),
+    }[kind]
+
+
+STORAGE_KINDS = {
+    "float32": None,
+    "bfloat16": jnp.bfloat16,
+    "stochastic": adamx.StochasticRounding(),
+    "int8": "int8",
+}
+MOMENTS = {"scale_by_adam": 2, "scale_by_amsgrad": 3, "scale_by_ademamix": 3, "adam": 2}
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+@pytest.mark.parametrize("name", MOMENTS)
+def test_state_nbytes_by_storage_kind(name, kind):
+    storage = STORAGE_KINDS[kind]
+    tx = _build(name, mu_dtype=storage, nu_dtype=storage)
+    abstract = jax.eval_shape(tx.init, jax.ShapeDtypeStruct(BIG, jnp.float32))
+    expected = MOMENTS[name] * _moment_bytes(kind) + COUNT_BYTES
+    assert adamx.state_nbytes(abstract) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "most"),
+    [
+        ("scale_by_adam", "int8", 2.05),
+        ("scale_by_adam", "bfloat16", 4.0 + 1e-5),
+        ("scale_by_adam", "float32", 8.0 + 1e-5),
+        ("scale_by_amsgrad", "int8", 3.05),
+    ],
+)
+def test_bytes_per_parameter(name, kind, most):
+    storage = STORAGE_KINDS[kind]
+    tx = _build(name, mu_dtype=storage, nu_dtype=storage)
+    abstract = jax.eval_shape(tx.init, jax.ShapeDtypeStruct(BIG, jnp.float32))
+    per_param = adamx.state_nbytes(abstract) / N_BIG
+    assert most - 0.1 < per_param <= most
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_state_nbytes_is_the_same_for_abstract_and_concrete_state(kind):
+    storage = STORAGE_KINDS[kind]
+    tx = adamx.scale_by_amsgrad(mu_dtype=storage, nu_dtype=storage)
+    concrete = tx.init(PARAMS)
+    abstract = jax.eval_shape(tx.init, PARAMS)
+    by_hand = sum(
+        x.size * x.dtype.itemsize for x in jax.tree.leaves(concrete)
+    )  # arrays know their bytes
+    assert adamx.state_nbytes(concrete) == adamx.state_nbytes(abstract) == by_hand
+
+
+# ---------------------------------------------------- stochastic rounding
+
+
+def _bf16_neighbours(x):
+    """The bfloat16 values just below and above |x| (in magnitude), signed as x."""
+    bits = np.asarray([x], np.float32).view(np.uint32)[0]
+    low = np.uint32(bits & 0xFFFF0000)
+    high = np.uint32(low + 0x10000)
+    return (
+        float(np.asarray([low], np.uint32).view(np.float32)[0]),
+        float(np.asarray([high], np.uint32).view(np.float32)[0]),
+    )
+
+
+N_UNBIASED = 65536
+# (moment, gradient g, the float32 value the moment takes before storage):
+# with b1=0 the first moment is g, with b2=0 the second moment is g^2, exactly.
+UNBIASED_CASES = {
+    "quarter ulp": ("mu", 1 + 2.0**-9),
+    "three quarters, negative": ("mu", -(3 + 0.75 * 2.0**-6)),
+    "half ulp, small": ("mu", 2.0**-10 * (1 + 0.5 * 2.0**-7)),
+    "1/128 ulp": ("mu", 1 + 2.0**-14),
+    "exact bfloat16": ("mu", 1.5),
+    "g^2 just past half": ("nu", 1 + 2.0**-9),  # g^2 = 1 + 2^-8 + 2^-18
+    "g^2 a quarter": ("nu", 1 + 2.0**-10),  # g^2 = 1 + 2^-9 + 2^-20
+}
+
+
+def _stored_once(moment, g, storage):
+    """The moment stored after one step of Adam from zero, per element."""
+    kwargs = {"b1": 0.0} if moment == "mu" else {"b2": 0.0}
+    tx = adamx.scale_by_adam(**kwargs, **{f"{moment}_dtype": storage})
+    grads = jnp.full((N_UNBIASED,), g, jnp.float32)
+    _, state = tx.update(grads, tx.init(jnp.zeros((N_UNBIASED,))))
+    return np.asarray(getattr(state, moment), np.float64)
+
+
+@pytest.mark.parametrize("case", UNBIASED_CASES)
+def test_stochastic_rounding_is_unbiased(case):
+    moment, g = UNBIASED_CASES[case]
+    x = float(np.float64(np.float32(g)) ** (1 if moment == "mu" else 2))
+    assert float(np.float32(x)) == x  # the moment is exactly x before rounding
+    low, high = _bf16_neighbours(x)
+    ulp = high - low
+    fraction = (x - low) / ulp  # of the way from low to high: P(round up)
+
+    stored = _stored_once(moment, g, adamx.StochasticRounding(seed=3))
+    if fraction == 0:
+        assert np.all(stored == x)
+        return
+    assert set(np.unique(stored)) <= {low, high}
+    standard_error = abs(ulp) * np.sqrt(fraction * (1 - fraction) / N_UNBIASED)
+    assert abs(stored.mean() - x) <= 5 * standard_error
+    up = np.mean(stored == high)
+    assert abs(up - fraction) <= 5 * np.sqrt(fraction * (1 - fraction) / N_UNBIASED)
+
+    nearest = _stored_once(moment, g, jnp.bfloat16)
+    assert len(np.unique(nearest)) == 1  # round-to-nearest: one value, biased
+    assert abs(nearest.mean() - x) > 20 * standard_error
+
+
+@functools.cache
+def _long_run(kind):
+    """Adam with b1 = b2 = 0.999 and a constant gradient, moments stored as kind."""
+    storage = STORAGE_KINDS[kind]
+    rng = np.random.default_rng(11)
+    g = jnp.asarray(rng.uniform(0.5, 2.0, size=4096), jnp.float32)
+    tx = adamx.scale_by_adam(b1=0.999, b2=0.999, mu_dtype=storage, nu_dtype=storage)
+
+    @jax.jit
+    def run(state):
+        def body(state, _):
+            return tx.update(g, state)[1], None
+
+        return jax.lax.scan(body, state, None, length=LONG_STEPS)[0]
+
+    halfway = run(tx.init(jnp.zeros(4096)))
+    return np.asarray(g, np.float64), halfway, run(halfway)
+
+
+LONG_STEPS = 1000  # per half of the run
+
+
+@pytest.mark.parametrize("moment", ["mu", "nu"])
+def test_round_to_nearest_bfloat16_moving_average_stalls(moment):
+    g, halfway, end = _long_run("bfloat16")
+    power = 1 if moment == "mu" else 2
+    true = g**power * (1 - 0.999 ** (2 * LONG_STEPS))  # the float64 EMA
+    stored = np.asarray(getattr(end, moment), np.float64)
+    # Once 0.001 * (g^power - m) is under half a bfloat16 ulp of m, every step
+    # rounds back to m: the second half of the run changes nothing.
+    np.testing.assert_array_equal(stored, np.asarray(getattr(halfway, moment)))
+    assert np.mean(stored / true - 1) < -0.2
+
+
+@pytest.mark.parametrize("moment", ["mu", "nu"])
+def test_stochastic_rounding_moving_average_tracks_float64(moment):
+    g, halfway, end = _long_run("stochastic")
+    power = 1 if moment == "mu" else 2
+    steps = 2 * LONG_STEPS
+    true = g**power * (1 - 0.999**steps)
+    stored = np.asarray(getattr(end, moment), np.float64)
+    relative = stored / true - 1
+    # Each write adds independent zero-mean noise of variance <= ulp^2/4, with
+    # ulp <= 2^-7 |m|; the average keeps it with weights 0.999^i, so each
+    # element's error has sd <= 2^-7 / 2 / sqrt(1 - 0.999^2), and the mean
+    # over independent elements a standard error that much over sqrt(n).
+    sd_bound = 2.0**-7 / 2 / np.sqrt(1 - 0.999**2)
+    assert np.std(relative) <= sd_bound
+    assert abs(np.mean(relative)) <= 5 * sd_bound / np.sqrt(len(g))
+    assert not np.array_equal(stored, np.asarray(getattr(halfway, moment)))
+
+
+def _rounded(seed, params, grads, steps=1, **kwargs):
+    """AMSGrad's state after ``steps`` with b1 = b2 = 0: every moment is g or g^2."""
+    storage = adamx.StochasticRounding(seed)
+    tx = adamx.scale_by_amsgrad(
+        b1=0.0, b2=0.0, mu_dtype=storage, nu_dtype=storage, **kwargs
+    )
+    state = tx.init(params)
+    for _ in range(steps):
+        _, state = tx.update(grads, state)
+    return state
+
+
+_VALUES = jnp.asarray(
+    np.random.default_rng(5).uniform(1.0, 2.0, size=4096), jnp.float32
+)  # random fractions of a bfloat16 ulp
+
+
+def _differing(a, b):
+    return float(np.mean(np.asarray(a) != np.asarray(b)))
+
+
+def test_stochastic_rounding_is_reproducible_per_seed():
+    params, grads = {"a": jnp.zeros(4096)}, {"a": _VALUES}
+    first = _rounded(0, params, grads, steps=2)
+    _assert_identical(_rounded(0, params, grads, steps=2), first)
+    other = _rounded(1, params, grads, steps=2)
+    # A uniform fraction rounds differently under independent noise w.p. 1/3.
+    assert _differing(other.mu["a"], first.mu["a"]) > 0.25
+    assert _differing(other.nu["a"], first.nu["a"]) > 0.25
+
+
+@pytest.mark.parametrize(
+    ("what", "pick"),
+    [
+        # two leaves with the same values
+        ("leaf", lambda s: (s.mu["a"], s.mu["b"])),
+        # nu and nu_max hold the same value (a raw max from 0), in two slots
+        ("moment slot", lambda s: (s.nu["a"], s.nu_max["a"])),
+    ],
+)
+def test_stochastic_rounding_noise_differs_per_leaf_and_slot(what, pick):
+    params = {"a": jnp.zeros(4096), "b": jnp.zeros(4096)}
+    grads = {"a": _VALUES, "b": _VALUES}
+    state = _rounded(0, params, grads, bias_correction=False)
+    first, second = pick(state)
+    assert _differing(first, second) > 0.25, what
+
+
+def test_stochastic_rounding_noise_differs_per_step():
+    params, grads = {"a": jnp.zeros(4096)}, {"a": _VALUES}
+    # with b1 = 0 the stored first moment is a fresh rounding of g each step
+    one = _rounded(0, params, grads, steps=1)
+    two = _rounded(0, params, grads, steps=2)
+    assert _differing(one.mu["a"], two.mu["a"]) > 0.25
+
+
+# ------------------------------------------------------------------ bad input
+
+BAD_DTYPES = [("nu_dtype", "int4"), ("mu_dtype", "uint8")]
+
+
+@pytest.mark.parametrize(("arg", "value"), BAD_DTYPES)
+@pytest.mark.parametrize("name", ALL)
+def test_non_floating_storage_is_refused_quoting_the_call(name, arg, value):
+    quoted = re.escape(f"{name}({arg}={value!r})")
+    with pytest.raises(ValueError, match=f"^{quoted}"):
+        _build(name, **{arg: value})
+
+
+BAD_QUANTIZED = [
+    ({"block_size": 100}, "Quantized(block_size=100)"),
+    ({"block_size": 0}, "Quantized(block_size=0)"),
+    ({"block_size": -256}, "Quantized(block_size=-256)"),
+    ({"block_size": 3.0}, "Quantized(block_size=3.0)"),
+    ({"block_size": 256.0}, "Quantized(block_size=256.0)"),
+    ({"block_size": True}, "Quantized(block_size=True)"),
+    ({"min_size": -1}, "Quantized(min_size=-1)"),
+    ({"min_size": 2.5}, "Quantized(min_size=2.5)"),
+    ({"min_size": True}, "Quantized(min_size=True)"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "quoted"), BAD_QUANTIZED)
+def test_bad_quantized_options_are_refused_quoting_the_call(kwargs, quoted):
+    with pytest.raises(ValueError, match=f"^{re.escape(quoted)}"):
+        adamx.Quantized(**kwargs)
+
+
+@pytest.mark.parametrize("storage", ["mu_dtype", "both"])
+@pytest.mark.parametrize("name", ALL)
+def test_int8_state_for_a_large_complex_leaf_is_refused_naming_it(name, storage):
+    kwargs = INT8 if storage == "both" else {"mu_dtype": "int8"}
+    params = {"b": jnp.zeros(3), "z": jnp.zeros((64, 128), jnp.complex64)}
+    tx = _build(name, **kwargs)
+    with pytest.raises(TypeError, match=re.escape("parameter leaf ['z']")):
+        tx.init(params)
+
+
+def _int8_adam_state(shapes, storage="int8"):
+    """A state laid out as ``init`` lays it out for params of these shapes."""
+    tx = adamx.scale_by_adam(mu_dtype=storage, nu_dtype=storage)
+    params = {k: jax.ShapeDtypeStruct(v, jnp.float32) for k, v in shapes.items()}
+    layout = jax.eval_shape(tx.init, params)
+    return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), layout)
+
+
+# name -> (a state built for other params, words the error must contain)
+FOREIGN = {
+    "wider w": (
+        lambda: _int8_adam_state({"w": (64, 1024), "b": B_SHAPE}),
+        ["['w']", "(64, 1024)", "(64, 512)"],
+    ),
+    "transposed w": (
+        lambda: _int8_adam_state({"w": (512, 64), "b": B_SHAPE}),
+        ["['w']", "(512, 64)"],
+    ),
+    "swapped leaves": (
+        lambda: _int8_adam_state({"w": B_SHAPE, "b": W_SHAPE}),
+        ["['b']"],
+    ),
+    "another tree": (
+        lambda: _int8_adam_state({"a": W_SHAPE}),
+        ["does not match", "['a']"],
+    ),
+    # codes shaped like w, but one scale per 128 values rather than per 256
+    "other block size": (
+        lambda: _int8_adam_state(
+            {"w": W_SHAPE, "b": B_SHAPE}, adamx.Quantized(block_size=128)
+        ),
+        ["['w']"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", FOREIGN)
+def test_a_quantized_state_for_other_params_is_refused(case):
+    build, words = FOREIGN[case]
+    state = build()
+    with pytest.raises(ValueError) as error:
+        adamx.scale_by_adam(**INT8).update(_grads(PARAMS, 0), state)
+    for word in words:
+        assert word in str(error.value), (word, str(error.value))
+
+
+def test_a_quantized_state_fed_to_a_float_state_transform_is_refused():
+    state = adamx.scale_by_adam(**INT8).init(PARAMS)
+    with pytest.raises(ValueError, match=re.escape("['w']")):
+        adamx.scale_by_adam().update(_grads(PARAMS, 0), state)
+
+
+# --------------------------------------------------------- end to end: digits
+#
+# A 64-128-128-10 MLP (its two larger kernels, 8192 and 16384 values, get 8-bit
+# state; the rest stays float32) trained full-batch for 150 steps of
+# adamx.adam(3e-3) on scikit-learn's bundled digits, once per storage kind from
+# the same start. The loss adds an L2 term, 1e-4 * sum |W|^2, so that its
+# minimum is not 0: without it the loss heads to 0 and a relative difference
+# of two tiny losses measures little (float32 runs from different seeds then
+# end 30% apart). The memory benchmark's targets (examples/state_memory.py:
+# int8 within 2% of float32, bfloat16 within 1%) are for 300 minibatch steps
+# of a wider model; this short run asks for the weak form, 10% and 5%.
+# Measured here: int8 -0.9%, bfloat16 -0.4%, stochastic rounding -0.1%. (The
+# 8-bit runs end lower, not higher, and by more elsewhere: with one hidden
+# layer, or without the L2 term, int8 ends 3-17% below float32 over five
+# seeds, where bfloat16 stays within 2%.)
+
+DIGITS_STEPS = 150
+DIGITS_TOLERANCE = {"bfloat16": 0.05, "stochastic": 0.05, "int8": 0.10}
+DIGITS_KINDS = ("float32", *DIGITS_TOLERANCE)
+
+
+@functools.cache
+def _digits():
+    """{kind: (initial loss, final loss, optimizer state)}, trained in one jit."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = jnp.asarray(data.data / 16.0, jnp.float32)
+    y = jnp.asarray(data.target, jnp.int32)
+    rng = np.random.default_rng(0)
+    params = {}
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise((64, 128, 128, 10))):
+        scale = np.sqrt(2.0 / fan_in)
+        weights = scale * rng.normal(size=(fan_in, fan_out))
+        params[f"w{i}"] = jnp.asarray(weights, jnp.float32)
+        params[f"b{i}"] = jnp.zeros((fan_out,), jnp.float32)
+
+    def loss(params):
+        h = x
+        for i in range(3):
+            h = h @ params[f"w{i}"] + params[f"b{i}"][None, :]
+            if i < 2:
+                h = jax.nn.relu(h)
+        data_loss = optax.softmax_cross_entropy_with_integer_labels(h, y).mean()
+        return data_loss + 1e-4 * sum(jnp.sum(params[f"w{i}"] ** 2) for i in range(3))
+
+    optimizers = [
+        adamx.adam(3e-3, mu_dtype=STORAGE_KINDS[k], nu_dtype=STORAGE_KINDS[k])
+        for k in DIGITS_KINDS
+    ]
+
+    @jax.jit
+    def train(params):
+        def body(runs, _):
+            new = []
+            for tx, (p, state) in zip(optimizers, runs, strict=True):
+                updates, state = tx.update(jax.grad(loss)(p), state, p)
+                new.append((optax.apply_updates(p, updates), state))
+            return new, None
+
+        start = [(params, tx.init(params)) for tx in optimizers]
+        runs, _ = jax.lax.scan(body, start, None, length=DIGITS_STEPS)
+        return loss(params), [(loss(p), state) for p, state in runs]
+
+    initial, runs = train(params)
+    return {
+        kind: (float(initial), float(final), state)
+        for kind, (final, state) in zip(DIGITS_KINDS, runs, strict=True)
+    }
+
+
+def test_digits_float32_run_learns():
+    initial, final, _ = _digits()["float32"]
+    assert initial > 2.0 and final < 0.1
+
+
+@pytest.mark.parametrize("kind", DIGITS_TOLERANCE)
+def test_digits_narrow_state_reaches_the_float32_loss(kind):
+    _, final, state = _digits()[kind]
+    _, reference, _ = _digits()["float32"]
+    assert abs(final / reference - 1) <= DIGITS_TOLERANCE[kind], (final, reference)
+    kernels = [m["w1"] for _, m in _moments(state)]  # the run used the narrow state
+    if kind == "int8":
+        assert all(isinstance(k, adamx.QuantizedArray) for k in kernels)
+    else:
+        assert all(k.dtype == jnp.bfloat16 for k in kernels)
