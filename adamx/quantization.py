@@ -116,6 +116,7 @@ def _nearest_code(normalized: jax.Array, code_map: jax.Array) -> jax.Array:
     return codes
 
 
+@functools.partial(jax.jit, static_argnames=("block_size",))
 def quantize_blockwise(
     x: jax.Array, code_map: jax.Array, block_size: int
 ) -> tuple[jax.Array, jax.Array]:
@@ -144,6 +145,7 @@ def quantize_blockwise(
     return codes.astype(jnp.uint8), scales
 
 
+@functools.partial(jax.jit, static_argnames=("block_size",))
 def dequantize_blockwise(
     codes: jax.Array, scales: jax.Array, code_map: jax.Array, block_size: int
 ) -> jax.Array:

@@ -178,13 +178,32 @@ class StateStorage:
             value, self._code_map(), self.quantized.block_size
         )
 
+    @staticmethod
+    def _codes_and_scales(stored: Any) -> QuantizedArray | None:
+        """``stored`` as a QuantizedArray, or None for a plain array.
+
+        Frameworks that keep optimizer state in their own containers (Flax NNX
+        turns each NamedTuple into a mapping) hand back the same two arrays
+        under the keys ``codes`` and ``scales``; those are accepted as well.
+        """
+        if isinstance(stored, QuantizedArray):
+            return stored
+        keys = getattr(stored, "keys", None)
+        if keys is not None and set(keys()) == {"codes", "scales"}:
+            codes, scales = stored["codes"], stored["scales"]
+            unwrap = lambda x: getattr(x, "value", x)  # noqa: E731 (NNX variables)
+            return QuantizedArray(unwrap(codes), unwrap(scales))
+        return None
+
     def mismatch(self, stored: Any, shape: tuple[int, ...]) -> str | None:
         """Why ``stored`` cannot be this storage's leaf for an update of ``shape``.
 
         None when it can. Catches a state saved for other parameters or built
         with another storage, before it turns into a broadcasting error.
         """
-        quantized = isinstance(stored, QuantizedArray)
+        as_codes = self._codes_and_scales(stored)
+        quantized = as_codes is not None
+        stored = as_codes if quantized else stored
         held = stored.codes.shape if quantized else jnp.shape(stored)
         if tuple(held) != tuple(shape):
             return f"is shaped {tuple(held)}, the update {tuple(shape)}"
@@ -209,6 +228,7 @@ class StateStorage:
 
     def read(self, stored: Any) -> jax.Array:
         """The stored leaf in its compute dtype (float32 for 8-bit leaves)."""
+        stored = self._codes_and_scales(stored) or stored
         if isinstance(stored, QuantizedArray):
             return quantization.dequantize_blockwise(
                 stored.codes, stored.scales, self._code_map(), self.quantized.block_size
@@ -220,7 +240,7 @@ class StateStorage:
 
         ``key`` seeds stochastic rounding, when this storage uses it.
         """
-        if isinstance(stored, QuantizedArray):
+        if self._codes_and_scales(stored) is not None:
             return QuantizedArray(*self._quantize(value))
         if self.stochastic is not None and stored.dtype == jnp.bfloat16:
             return _round_stochastically(value, key)
