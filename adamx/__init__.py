@@ -3,7 +3,10 @@
 from adamx import compat as compat
 from adamx import numerics as numerics
 from adamx import quantization as quantization
+from adamx import sharding as sharding
 from adamx import storage as storage
+from adamx.sharding import abstract_state as abstract_state
+from adamx.sharding import state_shardings as state_shardings
 from adamx.storage import Quantized as Quantized
 from adamx.storage import QuantizedArray as QuantizedArray
 from adamx.storage import StochasticRounding as StochasticRounding
@@ -58,6 +61,7 @@ __all__ = [
     "ScaleByBeliefState",
     "ScaleByYogiState",
     "StochasticRounding",
+    "abstract_state",
     "adabelief",
     "adam",
     "adam_atan2",
@@ -87,7 +91,9 @@ __all__ = [
     "scale_by_lamb",
     "scale_by_radam",
     "scale_by_yogi",
+    "sharding",
     "state_nbytes",
+    "state_shardings",
     "storage",
     "yogi",
 ]
