@@ -101,9 +101,7 @@ def moment_transform(
             ]
             return (update.astype(g.dtype), *written)
 
-        updates, *moments = map_leaves(
-            caller, leaf, updates, tuple(state)[1:], with_path=True
-        )
+        updates, *moments = map_leaves(caller, leaf, updates, tuple(state)[1:])
         return updates, state_type(count, *moments)
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -62,19 +62,15 @@ def map_leaves(
     fn: Callable[..., tuple[jax.Array, ...]],
     updates: PyTree,
     states: Sequence[PyTree],
-    *,
-    with_path: bool = False,
 ) -> tuple[PyTree, ...]:
-    """Applies ``fn(g, *state_leaves) -> (new_g, *new_state_leaves)`` leaf-wise.
+    """Applies ``fn(index, path, g, *state_leaves) -> (new_g, *new_state_leaves)``.
 
     Args:
       caller: the transform's name, for errors.
-      fn: the per-leaf update.
+      fn: the per-leaf update; it gets the leaf's position and its path as a
+        string (for errors and for per-leaf randomness).
       updates: the incoming gradient tree.
       states: state trees shaped like ``updates``.
-      with_path: call ``fn(index, path, g, *state_leaves)`` instead, with the
-        leaf's position and its path as a string (for errors and for
-        per-leaf randomness).
 
     Returns:
       ``(new_updates, *new_states)``, each with the updates' structure.
@@ -82,15 +78,12 @@ def map_leaves(
     check_float_leaves(caller, "update", updates)
     with_paths, treedef = jax.tree_util.tree_flatten_with_path(updates)
     state_leaves = [_flatten_state_like(caller, treedef, updates, s) for s in states]
-    outputs = []
-    for index, ((path, g), *per_leaf) in enumerate(
-        zip(with_paths, *state_leaves, strict=True)
-    ):
-        if with_path:
-            where = jax.tree_util.keystr(path) or "<root>"
-            outputs.append(fn(index, where, g, *per_leaf))
-        else:
-            outputs.append(fn(g, *per_leaf))
+    outputs = [
+        fn(index, jax.tree_util.keystr(path) or "<root>", g, *per_leaf)
+        for index, ((path, g), *per_leaf) in enumerate(
+            zip(with_paths, *state_leaves, strict=True)
+        )
+    ]
     columns = list(zip(*outputs, strict=True)) if outputs else [()] * (1 + len(states))
     return tuple(treedef.unflatten(column) for column in columns)
 
