@@ -25,19 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-STEPS = 120
-PARITY_STEPS = 100
-SHAPES = {"kernel": (2, 3, 4), "bias": (3,), "column": (5, 1), "scale": ()}
-
-
-def as_float32(x: float) -> float:
-    """``x`` rounded to float32, as adamx holds a hyperparameter for float32 leaves.
-
-    For a decay rate ``b`` given as a Python float this is the rate adamx
-    multiplies by; its complement ``1 - b`` adamx forms from the unrounded
-    value (``adamx.numerics.as_decay``), so it is not ``1 - as_float32(b)``.
-    """
-    return float(np.float32(x))
+# The pieces both harnesses share, re-exported for the tests that import them here.
+from family_harness import PARITY_STEPS as PARITY_STEPS
+from family_harness import SHAPES as SHAPES
+from family_harness import STEPS as STEPS
+from family_harness import as_float32 as as_float32
+from family_harness import assert_close_scaled as assert_close_scaled
+from family_harness import real_tree as real_tree
+from family_harness import worst_scaled_error as worst_scaled_error
 
 
 def reference_hyperparameters(hp: dict[str, float], x64: bool) -> dict[str, float]:
@@ -53,24 +48,6 @@ def reference_hyperparameters(hp: dict[str, float], x64: bool) -> dict[str, floa
     if x64:
         return dict(hp)
     return {k: v if k in ("b1", "b2") else as_float32(v) for k, v in hp.items()}
-
-
-def assert_close_scaled(actual: Any, expected: Any, rtol: float, what: str) -> None:
-    """``|actual - expected| <= rtol * (|expected| + max |expected|)``, elementwise."""
-    actual = np.asarray(actual)
-    expected = np.asarray(expected)
-    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
-    assert np.all(np.isfinite(expected)), what
-    atol = rtol * float(np.max(np.abs(expected), initial=0.0))
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
-
-
-def worst_scaled_error(actual: Any, expected: Any) -> float:
-    """The smallest ``rtol`` with which :func:`assert_close_scaled` would pass."""
-    actual = np.asarray(actual, dtype=np.complex128)
-    expected = np.asarray(expected, dtype=np.complex128)
-    scale = np.abs(expected) + np.max(np.abs(expected), initial=0.0)
-    return float(np.max(np.abs(actual - expected) / np.where(scale > 0, scale, 1.0)))
 
 
 def random_inputs(
@@ -212,12 +189,3 @@ def compare_trajectories(actual, expected, rtol: float) -> float:
             assert_close_scaled(got, want, rtol, f"{field}[{name}]")
             worst = max(worst, worst_scaled_error(got, want))
     return worst
-
-
-def real_tree(dtype: Any, seed: int = 3) -> dict[str, jax.Array]:
-    """Random real parameters of every shape in :data:`SHAPES`."""
-    rng = np.random.default_rng(seed)
-    return {
-        name: jnp.asarray(rng.normal(size=shape), dtype)
-        for name, shape in SHAPES.items()
-    }
