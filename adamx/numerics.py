@@ -33,6 +33,7 @@ __all__ = [
     "hyperparameter",
     "nesterov_momentum",
     "scaled_direction",
+    "signal_to_noise",
     "update_moment",
 ]
 
@@ -59,7 +60,17 @@ def hyperparameter(value: ArrayLike, dtype: DTypeLike) -> jax.Array:
     hyperparameter may be a constant, an injected array or a traced value.
     """
     real = jnp.finfo(compute_dtype(dtype)).dtype
-    return jnp.asarray(value, dtype=real)
+    if isinstance(value, jax.Array) and value.dtype == real:
+        return value  # already cast; inside jit, casting again would trace it
+    # A number stays a known constant even while a jit traces this call, so
+    # that the transforms can fold it (see update_moment).
+    with jax.ensure_compile_time_eval():
+        return jnp.asarray(value, dtype=real)
+
+
+def _known(value: ArrayLike) -> bool:
+    """True for a value known while tracing (not a tracer)."""
+    return not isinstance(value, jax.core.Tracer)
 
 
 class Decay(NamedTuple):
@@ -111,12 +122,23 @@ def abs_sq(x: jax.Array) -> jax.Array:
     \mathrm{Re}(g)^2 + \mathrm{Im}(g)^2`, not :math:`g^2` (which is complex
     and can cancel).
 
+    It saturates at the largest finite value of its dtype instead of
+    overflowing: in float32 a finite :math:`|g| > 1.8 \times 10^{19}` would
+    otherwise give :math:`|g|^2 = \infty`, and an infinite second moment
+    never decays (every later step of that entry would be 0) and meets the
+    next average as :math:`\infty - \infty` = NaN. NaN stays NaN.
+
     >>> abs_sq(jnp.array([3.0 + 4.0j]))
     Array([25.], dtype=float32)
+    >>> abs_sq(jnp.array([1e20]))
+    Array([3.4028235e+38], dtype=float32)
     """
-    if jnp.iscomplexobj(x):
-        return jnp.square(x.real) + jnp.square(x.imag)
-    return jnp.square(x)
+    square = (
+        jnp.square(x.real) + jnp.square(x.imag)
+        if jnp.iscomplexobj(x)
+        else jnp.square(x)
+    )
+    return jnp.minimum(square, jnp.finfo(square.dtype).max)
 
 
 def update_moment(
@@ -145,7 +167,17 @@ def update_moment(
     """
     rate, complement = as_decay(decay, jnp.result_type(moment))
     step = value - moment
-    return jnp.where(complement < 0.5, moment + complement * step, value - rate * step)
+    if _known(complement):  # choose the form while tracing: one, not both
+        mixed = (
+            moment + complement * step
+            if float(complement) < 0.5
+            else value - rate * step
+        )
+    else:
+        mixed = jnp.where(
+            complement < 0.5, moment + complement * step, value - rate * step
+        )
+    return mixed
 
 
 def bias_correction_factor(decay: ArrayLike | Decay, count: ArrayLike) -> jax.Array:
@@ -170,11 +202,17 @@ def bias_correction_factor(decay: ArrayLike | Decay, count: ArrayLike) -> jax.Ar
     dtype = decay.rate.dtype if isinstance(decay, Decay) else jnp.result_type(decay)
     rate, complement = as_decay(decay, dtype)
     t = jnp.asarray(count).astype(rate.dtype)
+    at_least_one = jnp.where(t > 0, 1.0, 0.0).astype(rate.dtype)
+    if _known(complement):  # log(beta) is then a constant, taken in float64
+        if float(complement) >= 1:  # beta = 0: the average is the newest value
+            return at_least_one
+        log_rate = np.log1p(-np.asarray(complement, dtype=np.float64))
+        return -jnp.expm1(t * log_rate.astype(rate.dtype))
     # log1p(-1) is -inf at beta = 0, and -inf * 0 would be NaN at t = 0: guard.
     positive = complement < 1
     safe = jnp.where(positive, complement, 0.5)
     factor = -jnp.expm1(t * jnp.log1p(-safe))
-    return jnp.where(positive, factor, jnp.where(t > 0, 1.0, 0.0).astype(rate.dtype))
+    return jnp.where(positive, factor, at_least_one)
 
 
 def bias_correction(
@@ -256,3 +294,23 @@ def epsilon_hat(
     """
     factor = bias_correction_factor(decay, count)
     return eps / jnp.sqrt(factor), eps_root / factor
+
+
+def signal_to_noise(mu_hat: jax.Array, nu_hat: jax.Array) -> jax.Array:
+    r"""The element-wise signal-to-noise ratio :math:`|\hat m| / \sqrt{\hat v}`.
+
+    Kingma & Ba (2015, Section 2.1) read Adam's update as this ratio: near an
+    optimum the gradients' mean is small against their spread, the ratio
+    falls towards 0 and so do the steps. It is 0 where :math:`\hat v = 0`
+    (no gradient seen), computed in float32 or wider, and real for complex
+    moments.
+
+    >>> signal_to_noise(jnp.array([3.0, 0.0]), jnp.array([36.0, 0.0]))
+    Array([0.5, 0. ], dtype=float32)
+    """
+    dtype = compute_dtype(nu_hat.dtype)
+    nu_hat = nu_hat.astype(dtype)
+    seen = nu_hat > 0
+    return jnp.where(
+        seen, jnp.abs(mu_hat).astype(dtype) / jnp.sqrt(jnp.where(seen, nu_hat, 1)), 0
+    )

@@ -139,10 +139,17 @@ def _trust_ratio() -> optax.GradientTransformation:
     def leaf(u, p):
         dtype = numerics.compute_dtype(u.dtype)
         wide = u.astype(dtype)
-        param_norm = jnp.sqrt(jnp.sum(numerics.abs_sq(p.astype(dtype))))
-        update_norm = jnp.sqrt(jnp.sum(numerics.abs_sq(wide)))
-        both = (param_norm > 0) & (update_norm > 0)
-        ratio = jnp.where(both, param_norm / jnp.where(both, update_norm, 1), 1)
+        param_sq = jnp.sum(numerics.abs_sq(p.astype(dtype)))
+        update_sq = jnp.sum(numerics.abs_sq(wide))
+        both = (param_sq > 0) & (update_sq > 0)
+        # The square roots only see positive sums, so that gradients through
+        # the update stay finite where a norm is 0 (sqrt' is infinite there).
+        ratio = jnp.where(
+            both,
+            jnp.sqrt(jnp.where(both, param_sq, 1))
+            / jnp.sqrt(jnp.where(both, update_sq, 1)),
+            1,
+        )
         return (wide * ratio).astype(u.dtype)
 
     def update_fn(updates, state, params=None):
