@@ -1,10 +1,19 @@
 """adamx: Adam-family optimizers for JAX as pure Optax gradient transformations."""
 
 from adamx import compat as compat
+from adamx import diagnostics as diagnostics
+from adamx import guards as guards
 from adamx import numerics as numerics
 from adamx import quantization as quantization
 from adamx import sharding as sharding
 from adamx import storage as storage
+from adamx.diagnostics import Stats as Stats
+from adamx.diagnostics import WithStatsState as WithStatsState
+from adamx.diagnostics import with_stats as with_stats
+from adamx.guards import NonfiniteState as NonfiniteState
+from adamx.guards import SpikeState as SpikeState
+from adamx.guards import nonfinite_policy as nonfinite_policy
+from adamx.guards import skip_spikes as skip_spikes
 from adamx.sharding import abstract_state as abstract_state
 from adamx.sharding import state_shardings as state_shardings
 from adamx.storage import Quantized as Quantized
@@ -51,6 +60,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "BiasCorrectionState",
+    "NonfiniteState",
     "Quantized",
     "QuantizedArray",
     "ScaleByAdamState",
@@ -60,7 +70,10 @@ __all__ = [
     "ScaleByAmsgradState",
     "ScaleByBeliefState",
     "ScaleByYogiState",
+    "SpikeState",
+    "Stats",
     "StochasticRounding",
+    "WithStatsState",
     "abstract_state",
     "adabelief",
     "adam",
@@ -75,9 +88,12 @@ __all__ = [
     "amsgrad",
     "bias_correction",
     "compat",
+    "diagnostics",
+    "guards",
     "lamb",
     "nadam",
     "nadamw",
+    "nonfinite_policy",
     "numerics",
     "quantization",
     "radam",
@@ -92,8 +108,10 @@ __all__ = [
     "scale_by_radam",
     "scale_by_yogi",
     "sharding",
+    "skip_spikes",
     "state_nbytes",
     "state_shardings",
     "storage",
+    "with_stats",
     "yogi",
 ]

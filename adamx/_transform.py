@@ -10,16 +10,19 @@ back to the gradient's dtype, and the leaf-by-leaf walk with its errors.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.interpreters import partial_eval
 
 from adamx import numerics
 from adamx._tree import init_leaves, map_leaves
 from adamx._validation import caller_name
+from adamx.diagnostics import SignalSummary, report_signal
 from adamx.storage import StateStorage
 
 LeafUpdate = Callable[..., tuple[jax.Array, ...]]
@@ -37,8 +40,9 @@ def moment_transform(
     leaf_update: LeafUpdate,
     *,
     initial_values: Sequence[Any] | None = None,
+    signal: LeafUpdate | None = None,
 ) -> optax.GradientTransformation:
-    """Builds a transformation whose state is ``state_type(count, *moments)``.
+    r"""Builds a transformation whose state is ``state_type(count, *moments)``.
 
     Args:
       caller: the public name, quoted in errors.
@@ -55,6 +59,10 @@ def moment_transform(
       initial_values: the scalar each moment starts from, in the order of
         ``storages`` (a number, array or tracer); None starts every moment at
         zero.
+      signal: ``signal(*new_moments, count=t, **hyperparameters)``, the
+        element-wise signal-to-noise ratio :math:`|\hat m|/\sqrt{\hat v}` of
+        the new moments, for :func:`adamx.with_stats`; it is evaluated only on
+        the steps that record statistics.
 
     Returns:
       The ``optax.GradientTransformation``.
@@ -69,6 +77,18 @@ def moment_transform(
         ]
         return state_type(jnp.zeros([], jnp.int32), *moments)
 
+    def leaf_step(g, stored, count, traced, keys, *, fixed):
+        dtype = numerics.compute_dtype(g.dtype)
+        moments = [s.read(x) for s, x in zip(storages, stored, strict=True)]
+        update, *new = leaf_update(
+            g.astype(dtype), *moments, count=count, **fixed, **traced
+        )
+        written = [
+            s.write(n, x, key)
+            for s, n, x, key in zip(storages, new, stored, keys, strict=True)
+        ]
+        return update.astype(g.dtype), written
+
     def update_fn(updates, state, params=None):
         del params
         count = optax.safe_increment(state.count)
@@ -76,6 +96,31 @@ def moment_transform(
             name: value(state.count) if callable(value) else value
             for name, value in hyperparameters.items()
         }
+        steps: dict[Any, tuple[Callable[..., Any], Callable[..., Any], dict]] = {}
+
+        def steps_for(dtype):
+            """The leaf step for one compute dtype, and its traced arguments.
+
+            Hyperparameters are cast once per dtype, not once per leaf. Those
+            known while tracing are fixed into the step, where numerics can
+            fold them; only traced ones (schedules, injected values) are
+            passed. Under jit the step is itself jitted, so a model with many
+            leaves of a few shapes traces it once per shape rather than once
+            per leaf; eagerly it runs as it is (a jit per call would recompile
+            on every step).
+            """
+            if dtype not in steps:
+                cast = {
+                    k: (numerics.as_decay if k in DECAYS else numerics.hyperparameter)(
+                        v, dtype
+                    )
+                    for k, v in values.items()
+                }
+                fixed = {k: v for k, v in cast.items() if _known(v)}
+                traced = {k: v for k, v in cast.items() if k not in fixed}
+                plain = functools.partial(leaf_step, fixed=fixed)
+                steps[dtype] = (plain, jax.jit(plain), traced)
+            return steps[dtype]
 
         def leaf(index, path, g, *stored):
             for storage, x in zip(storages, stored, strict=True):
@@ -84,27 +129,60 @@ def moment_transform(
                     raise ValueError(
                         f"{caller}: the state leaf for update {path} {problem}"
                     )
-            dtype = numerics.compute_dtype(g.dtype)
-            cast = {
-                k: (numerics.as_decay if k in DECAYS else numerics.hyperparameter)(
-                    v, dtype
-                )
-                for k, v in values.items()
-            }
-            moments = [s.read(x) for s, x in zip(storages, stored, strict=True)]
-            update, *new = leaf_update(g.astype(dtype), *moments, count=count, **cast)
-            written = [
-                s.write(n, x, _rounding_key(s, count, index, slot))
-                for slot, (s, n, x) in enumerate(
-                    zip(storages, new, stored, strict=True)
-                )
+            plain, jitted, traced = steps_for(numerics.compute_dtype(g.dtype))
+            keys = [
+                _rounding_key(s, count, index, slot) for slot, s in enumerate(storages)
             ]
-            return (update.astype(g.dtype), *written)
+            step = jitted if _staged(g) else plain
+            update, written = step(g, stored, count, traced, keys)
+            signal_inputs.append((g.dtype, written))
+            return (update, *written)
 
+        signal_inputs: list[tuple[Any, list[Any]]] = []
         updates, *moments = map_leaves(caller, leaf, updates, tuple(state)[1:])
+        if signal is not None:
+            report_signal(functools.partial(summarize, signal_inputs, count, steps_for))
         return updates, state_type(count, *moments)
 
+    def summarize(signal_inputs, count, steps_for) -> SignalSummary:
+        total = jnp.zeros([], jnp.float32)
+        largest = jnp.zeros([], jnp.float32)
+        size = 0
+        for grad_dtype, written in signal_inputs:
+            dtype = numerics.compute_dtype(grad_dtype)
+            plain, _, traced = steps_for(dtype)
+            moments = [s.read(x) for s, x in zip(storages, written, strict=True)]
+            ratio = signal(
+                *(m.astype(numerics.compute_dtype(m.dtype)) for m in moments),
+                count=count,
+                **plain.keywords["fixed"],
+                **traced,
+            ).astype(jnp.float32)
+            total = total + jnp.sum(ratio)
+            largest = jnp.maximum(largest, jnp.max(ratio, initial=0.0))
+            size += ratio.size
+        return SignalSummary(total, largest, size)
+
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def debiased_signal(
+    m: jax.Array, v: jax.Array, *, count: jax.Array, b1: Any, b2: Any, **_: Any
+) -> jax.Array:
+    """``signal`` from a first and a second moment debiased by b1 and b2."""
+    return numerics.signal_to_noise(
+        numerics.bias_correction(m, b1, count), numerics.bias_correction(v, b2, count)
+    )
+
+
+def _known(value: Any) -> bool:
+    """True for a hyperparameter whose value is known while tracing."""
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value))
+
+
+def _staged(x: Any) -> bool:
+    """True while ``x`` is being traced into a jitted program."""
+    return isinstance(x, partial_eval.DynamicJaxprTracer)
 
 
 def _rounding_key(

@@ -48,7 +48,9 @@ def test_scale_by_docstrings_carry_equations_and_references(name):
 def test_transforms_return_optax_transformations(name):
     factory = getattr(adamx, name)
     args = (0.9,) if name == "bias_correction" else ()
-    args = (1e-3,) if "learning_rate" in inspect.signature(factory).parameters else args
+    parameters = inspect.signature(factory).parameters
+    args = (1e-3,) if "learning_rate" in parameters else args
+    args = (adamx.adam(1e-3),) if "inner" in parameters else args
     assert isinstance(factory(*args), optax.GradientTransformation)
 
 

@@ -11,7 +11,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
 from adamx._alias import optimizer_from
-from adamx._transform import moment_transform
+from adamx._transform import debiased_signal, moment_transform
 from adamx._validation import check_hyperparameters
 from adamx.storage import moment_storages
 
@@ -155,7 +155,12 @@ def scale_by_adam(
         return numerics.scaled_direction(m_hat, v_hat, eps, eps_root), m, v
 
     return moment_transform(
-        caller, ScaleByAdamState, storages, hyperparameters, leaf_update
+        caller,
+        ScaleByAdamState,
+        storages,
+        hyperparameters,
+        leaf_update,
+        signal=debiased_signal,
     )
 
 

@@ -12,7 +12,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
 from adamx._alias import make_optimizer
-from adamx._transform import moment_transform
+from adamx._transform import debiased_signal, moment_transform
 from adamx._validation import caller_name, check_hyperparameters
 from adamx.storage import moment_storages
 from adamx.transforms.adam import ScaleByAdamState
@@ -150,7 +150,12 @@ def scale_by_adam_atan2(
         return a * jnp.arctan2(m_hat, b * jnp.sqrt(v_hat + eps_root)), m, v
 
     inner = moment_transform(
-        caller, ScaleByAdamState, storages, hyperparameters, leaf_update
+        caller,
+        ScaleByAdamState,
+        storages,
+        hyperparameters,
+        leaf_update,
+        signal=debiased_signal,
     )
 
     def init_fn(params):

@@ -117,8 +117,18 @@ def scale_by_adamax(
         return numerics.bias_correction(m, b1, count) / u, m, u
 
     return moment_transform(
-        caller, ScaleByAdamaxState, storages, hyperparameters, leaf_update
+        caller,
+        ScaleByAdamaxState,
+        storages,
+        hyperparameters,
+        leaf_update,
+        signal=_signal,
     )
+
+
+def _signal(m, u, *, count, b1, **_):
+    """|m̂|/u: the infinity norm u takes the place of the root of v̂."""
+    return numerics.signal_to_noise(numerics.bias_correction(m, b1, count), u * u)
 
 
 _adamax_family = functools.partial(optimizer_from, scale_by_adamax)

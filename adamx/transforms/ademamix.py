@@ -12,7 +12,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
 from adamx._alias import make_optimizer
-from adamx._transform import moment_transform
+from adamx._transform import debiased_signal, moment_transform
 from adamx._validation import check_hyperparameters
 from adamx.storage import moment_storages
 
@@ -145,7 +145,12 @@ def scale_by_ademamix(
         return numerics.scaled_direction(mixed, v_hat, eps, eps_root), m, m_slow, v
 
     return moment_transform(
-        caller, ScaleByAdemamixState, storages, hyperparameters, leaf_update
+        caller,
+        ScaleByAdemamixState,
+        storages,
+        hyperparameters,
+        leaf_update,
+        signal=lambda m, m_slow, v, **kw: debiased_signal(m, v, **kw),
     )
 
 

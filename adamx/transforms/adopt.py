@@ -180,7 +180,13 @@ def scale_by_adopt(
         return update, new_m, v
 
     return moment_transform(
-        caller, ScaleByAdoptState, storages, hyperparameters, leaf_update
+        caller,
+        ScaleByAdoptState,
+        storages,
+        hyperparameters,
+        leaf_update,
+        # m averages already-normalised gradients: |m| is the ratio itself.
+        signal=lambda m, v, **_: jnp.abs(m),
     )
 
 

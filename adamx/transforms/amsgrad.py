@@ -12,7 +12,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
 from adamx._alias import make_optimizer
-from adamx._transform import moment_transform
+from adamx._transform import debiased_signal, moment_transform
 from adamx._validation import caller_name, check_hyperparameters
 from adamx.storage import moment_storages
 
@@ -167,7 +167,12 @@ def scale_by_amsgrad(
         return numerics.scaled_direction(m_hat, v_hat, eps, eps_root), m, v, v_max
 
     return moment_transform(
-        caller, ScaleByAmsgradState, storages, hyperparameters, leaf_update
+        caller,
+        ScaleByAmsgradState,
+        storages,
+        hyperparameters,
+        leaf_update,
+        signal=lambda m, v, v_max, **kw: debiased_signal(m, v, **kw),
     )
 
 

@@ -11,7 +11,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
 from adamx._alias import make_optimizer
-from adamx._transform import moment_transform
+from adamx._transform import debiased_signal, moment_transform
 from adamx._validation import check_hyperparameters
 from adamx.storage import moment_storages
 
@@ -130,7 +130,12 @@ def scale_by_belief(
         return numerics.scaled_direction(m_hat, s_hat, eps, 0.0), m, s
 
     return moment_transform(
-        caller, ScaleByBeliefState, storages, hyperparameters, leaf_update
+        caller,
+        ScaleByBeliefState,
+        storages,
+        hyperparameters,
+        leaf_update,
+        signal=debiased_signal,
     )
 
 

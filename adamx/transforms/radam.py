@@ -12,7 +12,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
 from adamx._alias import make_optimizer
-from adamx._transform import moment_transform
+from adamx._transform import debiased_signal, moment_transform
 from adamx._validation import caller_name, check_hyperparameters
 from adamx.storage import moment_storages
 from adamx.transforms.adam import ScaleByAdamState
@@ -212,7 +212,12 @@ def scale_by_radam(
         return jnp.where(rectify, adaptive, m_hat), m, v
 
     return moment_transform(
-        caller, ScaleByAdamState, storages, hyperparameters, leaf_update
+        caller,
+        ScaleByAdamState,
+        storages,
+        hyperparameters,
+        leaf_update,
+        signal=debiased_signal,
     )
 
 

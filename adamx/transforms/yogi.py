@@ -12,7 +12,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
 from adamx._alias import make_optimizer
-from adamx._transform import moment_transform
+from adamx._transform import debiased_signal, moment_transform
 from adamx._validation import check_hyperparameters
 from adamx.storage import moment_storages
 
@@ -137,6 +137,7 @@ def scale_by_yogi(
         hyperparameters,
         leaf_update,
         initial_values=(initial_accumulator_value, initial_accumulator_value),
+        signal=debiased_signal,
     )
 
 

@@ -1,0 +1,271 @@
+r"""Diagnostics a training loop can log, carried in the optimizer state.
+
+:func:`with_stats` wraps any transformation and records, every ``every``
+steps, the quantities that tell whether Adam is healthy: the global norms of
+the gradient and of the update, the signal-to-noise ratio
+:math:`|\hat m|/\sqrt{\hat v}` that Kingma & Ba (2015, Section 2.1) read into
+the update, the size of the per-parameter steps and the number of non-finite
+gradient entries. Everything is computed on the device inside the update; a
+loop reads the arrays (one host transfer) only when it logs.
+
+The signal-to-noise ratio comes from the adamx transform inside: while
+:func:`with_stats` traces its inner update, every adamx ``scale_by_*`` it
+reaches reports how to compute its ratio from its new moments
+(:func:`report_signal`). The computation itself runs only on the steps that
+record statistics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import optax
+
+from adamx._validation import quoting
+
+__all__ = ["SignalSummary", "Stats", "WithStatsState", "report_signal", "with_stats"]
+
+
+class SignalSummary(NamedTuple):
+    """Sum, maximum and size of one transform's signal-to-noise ratios."""
+
+    total: jax.Array
+    maximum: jax.Array
+    size: int
+
+
+_Reported = tuple[Any, Callable[[], SignalSummary]]
+_SIGNALS: contextvars.ContextVar[list[_Reported] | None] = contextvars.ContextVar(
+    "adamx_signals", default=None
+)
+
+
+def _trace_state() -> Any:
+    """Which trace is active: summaries are usable only in the one they came from."""
+    return jax.extend.core.get_opaque_trace_state(convention="adamx")
+
+
+def report_signal(summary: Callable[[], SignalSummary]) -> None:
+    """Offers a transform's signal-to-noise summary to an enclosing :func:`with_stats`.
+
+    ``summary`` is called only on the steps that record statistics, so the
+    moments are read a second time only then. Outside :func:`with_stats` this
+    does nothing.
+    """
+    collector = _SIGNALS.get()
+    if collector is not None:
+        collector.append((_trace_state(), summary))
+
+
+@contextlib.contextmanager
+def _collecting() -> Iterator[list[_Reported]]:
+    collector: list[_Reported] = []
+    token = _SIGNALS.set(collector)
+    try:
+        yield collector
+    finally:
+        _SIGNALS.reset(token)
+
+
+class Stats(NamedTuple):
+    r"""What :func:`with_stats` records. All float32 scalars but ``nonfinite``.
+
+    Attributes:
+      step: int32, the step these statistics describe (1-based; 0 before the
+        first update).
+      grad_norm: :math:`\lVert g_t \rVert_2` over the whole tree.
+      update_norm: :math:`\lVert u_t \rVert_2` of the update returned.
+      snr_mean: the mean over all parameters of :math:`|\hat m_t| /
+        \sqrt{\hat v_t}` (0 where :math:`\hat v_t = 0`).
+      snr_max: its maximum.
+      step_mean: the mean of :math:`|u_t|`, the effective per-parameter step
+        (with the learning rate when the wrapped transformation includes it).
+      step_max: its maximum.
+      nonfinite: int32, the number of NaN or infinite gradient entries (a
+        complex entry counts once).
+    """
+
+    step: jax.Array
+    grad_norm: jax.Array
+    update_norm: jax.Array
+    snr_mean: jax.Array
+    snr_max: jax.Array
+    step_mean: jax.Array
+    step_max: jax.Array
+    nonfinite: jax.Array
+
+
+class WithStatsState(NamedTuple):
+    """State of :func:`with_stats`: the inner state, the statistics, a step count."""
+
+    inner: Any
+    stats: Stats
+    count: jax.Array
+
+
+def with_stats(
+    inner: optax.GradientTransformation, *, every: int = 1, snr: bool = True
+) -> optax.GradientTransformationExtraArgs:
+    r"""Records gradient, update and signal-to-noise statistics in the state.
+
+    On step :math:`t` (1-based), when :math:`t - 1` is a multiple of
+    ``every``, the state's :class:`Stats` are set to
+
+    .. math::
+
+        \lVert g_t \rVert_2, \quad \lVert u_t \rVert_2, \quad
+        \operatorname{mean}_i \frac{|\hat m_{t,i}|}{\sqrt{\hat v_{t,i}}}, \quad
+        \max_i \frac{|\hat m_{t,i}|}{\sqrt{\hat v_{t,i}}}, \quad
+        \operatorname{mean}_i |u_{t,i}|, \quad \max_i |u_{t,i}|, \quad
+        \#\{i : g_{t,i} \notin \mathbb{R}\}
+
+    with :math:`g_t` the incoming gradient, :math:`u_t` the update ``inner``
+    returns and :math:`\hat m, \hat v` the bias-corrected moments of the adamx
+    transform inside ``inner``. On other steps they keep their last values
+    (``Stats.step`` says which step they describe). Seed 004's reading of
+    :math:`\hat m/\sqrt{\hat v}` as a signal-to-noise ratio makes the ratio fall
+    towards 0 as training nears an optimum, where gradients are mostly noise.
+
+    Norms are computed in float32 or wider, scaled by the largest magnitude so
+    that gradients up to the float32 maximum do not overflow. Nothing syncs
+    with the host: read ``state.stats`` (after ``jax.device_get``) in the
+    training loop every ``every`` steps, for example
+
+    >>> import jax.numpy as jnp, optax, adamx
+    >>> opt = adamx.with_stats(adamx.adam(0.1), every=10)
+    >>> params = jnp.array([1.0, -2.0])
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update(2 * params, state, params)
+    >>> print(f"{float(state.stats.grad_norm):.4f} {float(state.stats.snr_mean):.1f}")
+    4.4721 1.0
+
+    For the ratio the wrapped transformation must contain an adamx
+    ``scale_by_*`` (any adamx optimizer does) and be reached without a
+    ``jax.lax.cond`` in between: place ``with_stats`` inside wrappers that
+    branch, such as ``optax.MultiSteps`` or :func:`adamx.nonfinite_policy`.
+    With several adamx transforms inside, the ratio covers all their moments.
+
+    Args:
+      inner: the transformation to observe.
+      every: record on steps 1, 1 + every, 1 + 2 every, ...; a positive int.
+        The statistics read the gradient, the update and the moments once
+        more, so recording on every step costs a sizeable fraction of an
+        Adam step (measured in ``examples/diagnostics.py``); every 10 or more
+        keeps the cost in the noise.
+      snr: record the signal-to-noise ratio (needs an adamx transform inside);
+        False sets its fields to 0.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with state
+      :class:`WithStatsState`.
+
+    Raises:
+      ValueError: for ``every`` < 1, and at the first update when ``snr`` is
+        True and ``inner`` holds no adamx transform.
+
+    References:
+      Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015,
+      Section 2.1. https://arxiv.org/abs/1412.6980
+    """
+    caller = f"with_stats(every={every!r}, snr={snr!r})"
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"{caller}: every must be a positive int, got {every!r}")
+    inner = optax.with_extra_args_support(inner)
+
+    def init_fn(params):
+        # Distinct arrays, not one shared zero: a donated state may not hold
+        # the same buffer twice.
+        stats = Stats(
+            jnp.zeros([], jnp.int32),
+            *(jnp.zeros([], jnp.float32) for _ in range(6)),
+            jnp.zeros([], jnp.int32),
+        )
+        return WithStatsState(inner.init(params), stats, jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        with quoting(caller), _collecting() as signals:
+            new_updates, inner_state = inner.update(
+                updates, state.inner, params, **extra_args
+            )
+        if snr and not signals:
+            raise ValueError(
+                f"{caller}: the wrapped transformation reported no adamx moments, so "
+                "there is no signal-to-noise ratio; wrap an adamx optimizer (not "
+                "through a wrapper that uses jax.lax.cond) or pass snr=False"
+            )
+        if snr and any(trace != _trace_state() for trace, _ in signals):
+            raise ValueError(
+                f"{caller}: the adamx transform inside was reached through a "
+                "jax.lax.cond or another trace (optax.MultiSteps, "
+                "adamx.nonfinite_policy, ...); put with_stats inside that wrapper"
+            )
+        count = optax.safe_increment(state.count)
+
+        def record(_):
+            summaries = [summary() for _, summary in signals] if snr else []
+            return _stats(count, updates, new_updates, summaries)
+
+        if every == 1:
+            stats = record(None)
+        else:
+            stats = jax.lax.cond(
+                state.count % every == 0, record, lambda _: state.stats, None
+            )
+        return new_updates, WithStatsState(inner_state, stats, count)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _magnitudes(tree: Any) -> list[jax.Array]:
+    """|x| of every leaf in float32 or wider (real for complex leaves)."""
+    out = []
+    for leaf in jax.tree.leaves(tree):
+        wide = jnp.promote_types(jnp.result_type(leaf), jnp.float32)
+        out.append(jnp.abs(jnp.asarray(leaf).astype(wide)).astype(jnp.float32))
+    return out
+
+
+def _norm(magnitudes: list[jax.Array]) -> jax.Array:
+    """The L2 norm, scaled by the largest entry so that squares cannot overflow."""
+    if not magnitudes:
+        return jnp.zeros([], jnp.float32)
+    largest = jnp.max(jnp.stack([jnp.max(x, initial=0.0) for x in magnitudes]))
+    usable = jnp.isfinite(largest) & (largest > 0)
+    scale = jnp.where(usable, largest, 1.0)
+    total = sum(jnp.sum(jnp.square(x / scale)) for x in magnitudes)
+    # An infinite or NaN entry makes the norm that entry; all zeros give 0.
+    return jnp.where(usable, scale * jnp.sqrt(total), largest)
+
+
+def _stats(
+    step: jax.Array, grads: Any, updates: Any, summaries: list[SignalSummary]
+) -> Stats:
+    grad_sizes = _magnitudes(grads)
+    update_sizes = _magnitudes(updates)
+    count = sum(x.size for x in update_sizes)
+    step_mean = sum(jnp.sum(x) for x in update_sizes) / max(count, 1)
+    step_max = jnp.max(jnp.stack([jnp.max(x, initial=0.0) for x in update_sizes]))
+    signal_size = sum(s.size for s in summaries)
+    snr_mean = sum(s.total for s in summaries) / max(signal_size, 1)
+    snr_max = (
+        jnp.max(jnp.stack([s.maximum for s in summaries]))
+        if summaries
+        else jnp.zeros([], jnp.float32)
+    )
+    nonfinite = sum(jnp.sum(~jnp.isfinite(x), dtype=jnp.int32) for x in grad_sizes)
+    return Stats(
+        step=step,
+        grad_norm=_norm(grad_sizes),
+        update_norm=_norm(update_sizes),
+        snr_mean=jnp.asarray(snr_mean, jnp.float32),
+        snr_max=jnp.asarray(snr_max, jnp.float32),
+        step_mean=jnp.asarray(step_mean, jnp.float32),
+        step_max=step_max if update_sizes else jnp.zeros([], jnp.float32),
+        nonfinite=jnp.asarray(nonfinite, jnp.int32),
+    )
