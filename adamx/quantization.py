@@ -107,8 +107,12 @@ def _nearest_code(normalized: jax.Array, code_map: jax.Array) -> jax.Array:
     ``jnp.searchsorted(bounds[:-1], normalized)`` would.
     """
     bounds = jnp.append((code_map[1:] + code_map[:-1]) / 2, jnp.inf)
-    codes = jnp.zeros_like(normalized, dtype=jnp.int32)
     step = bounds.shape[0] // 2
+    # Every search starts at 0, so the first probe is one bound for all values:
+    # compare with it directly (gathering it per value made XLA constant-fold a
+    # gather as large as the leaf at compile time).
+    codes = jnp.where(bounds[step - 1] < normalized, step, 0).astype(jnp.int32)
+    step //= 2
     while step:
         below = _take(bounds, codes + (step - 1)) < normalized
         codes = jnp.where(below, codes + step, codes)

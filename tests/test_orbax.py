@@ -33,7 +33,7 @@ RESUMED = 6  # steps after it
 
 # Values for the arguments a factory requires; an unknown required argument
 # fails the table build, so a new transform cannot slip through unconfigured.
-REQUIRED = {"learning_rate": 1e-2, "decay": 0.9}
+REQUIRED = {"learning_rate": 1e-2, "decay": 0.9, "inner": adamx.adam(1e-2)}
 DIRECTION_SCALE = -1e-2  # a bare direction is turned into a small descent step
 
 
@@ -96,7 +96,8 @@ def _build(case: str) -> tuple[optax.GradientTransformation, float | None]:
         if p.default is inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD
     }
     tx = factory(**kwargs)
-    return tx, (None if "learning_rate" in kwargs else DIRECTION_SCALE)
+    is_optimizer = "learning_rate" in kwargs or "inner" in kwargs
+    return tx, (None if is_optimizer else DIRECTION_SCALE)
 
 
 def _params() -> dict[str, jax.Array]:
