@@ -84,9 +84,10 @@ class Stats(NamedTuple):
       snr_mean: the mean over all parameters of :math:`|\hat m_t| /
         \sqrt{\hat v_t}` (0 where :math:`\hat v_t = 0`).
       snr_max: its maximum.
-      step_mean: the mean of :math:`|u_t|`, the effective per-parameter step
-        (with the learning rate when the wrapped transformation includes it).
-      step_max: its maximum.
+      step_rms: the root mean square of :math:`u_t`, the effective
+        per-parameter step (with the learning rate when the wrapped
+        transformation includes it).
+      step_max: the largest :math:`|u_{t,i}|`.
       nonfinite: int32, the number of NaN or infinite gradient entries (a
         complex entry counts once).
     """
@@ -96,7 +97,7 @@ class Stats(NamedTuple):
     update_norm: jax.Array
     snr_mean: jax.Array
     snr_max: jax.Array
-    step_mean: jax.Array
+    step_rms: jax.Array
     step_max: jax.Array
     nonfinite: jax.Array
 
@@ -122,7 +123,7 @@ def with_stats(
         \lVert g_t \rVert_2, \quad \lVert u_t \rVert_2, \quad
         \operatorname{mean}_i \frac{|\hat m_{t,i}|}{\sqrt{\hat v_{t,i}}}, \quad
         \max_i \frac{|\hat m_{t,i}|}{\sqrt{\hat v_{t,i}}}, \quad
-        \operatorname{mean}_i |u_{t,i}|, \quad \max_i |u_{t,i}|, \quad
+        \sqrt{\operatorname{mean}_i u_{t,i}^2}, \quad \max_i |u_{t,i}|, \quad
         \#\{i : g_{t,i} \notin \mathbb{R}\}
 
     with :math:`g_t` the incoming gradient, :math:`u_t` the update ``inner``
@@ -154,10 +155,9 @@ def with_stats(
     Args:
       inner: the transformation to observe.
       every: record on steps 1, 1 + every, 1 + 2 every, ...; a positive int.
-        The statistics read the gradient, the update and the moments once
-        more, so recording on every step costs a sizeable fraction of an
-        Adam step (measured in ``examples/diagnostics.py``); every 10 or more
-        keeps the cost in the noise.
+        Other steps skip the statistics (a ``lax.cond``) but still pay for
+        the update being written out as the branch's operand. On the CPU
+        both costs are large: ``examples/diagnostics.py`` measures them.
       snr: record the signal-to-noise ratio (needs an adamx transform inside);
         False sets its fields to 0.
 
@@ -222,50 +222,92 @@ def with_stats(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _magnitudes(tree: Any) -> list[jax.Array]:
-    """|x| of every leaf in float32 or wider (real for complex leaves)."""
-    out = []
-    for leaf in jax.tree.leaves(tree):
-        wide = jnp.promote_types(jnp.result_type(leaf), jnp.float32)
-        out.append(jnp.abs(jnp.asarray(leaf).astype(wide)).astype(jnp.float32))
-    return out
+def _wide(x: Any) -> jax.Array:
+    x = jnp.asarray(x)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32)).ravel()
 
 
-def _norm(magnitudes: list[jax.Array]) -> jax.Array:
-    """The L2 norm, scaled by the largest entry so that squares cannot overflow."""
-    if not magnitudes:
-        return jnp.zeros([], jnp.float32)
-    largest = jnp.max(jnp.stack([jnp.max(x, initial=0.0) for x in magnitudes]))
-    usable = jnp.isfinite(largest) & (largest > 0)
-    scale = jnp.where(usable, largest, 1.0)
-    total = sum(jnp.sum(jnp.square(x / scale)) for x in magnitudes)
-    # An infinite or NaN entry makes the norm that entry; all zeros give 0.
-    return jnp.where(usable, scale * jnp.sqrt(total), largest)
+def _sum_squares(tree: Any) -> jax.Array:
+    """The sum of |x|^2 over a tree, as dot products.
+
+    XLA on the CPU hands reductions to a library that cannot fuse their
+    inputs: ``sum(square(x))`` would first write ``square(x)`` out in full. A
+    dot product reads ``x`` once and writes nothing.
+    """
+    return sum(
+        (jnp.vdot(x, x).real for x in map(_wide, jax.tree.leaves(tree)) if x.size),
+        jnp.zeros([], jnp.float32),
+    )
+
+
+def _largest(tree: Any) -> jax.Array:
+    """The largest |x|, from max and min of real leaves (no |x| written out)."""
+    found = [
+        jnp.maximum(jnp.max(x), -jnp.min(x))
+        if not jnp.iscomplexobj(x)
+        else jnp.max(jnp.abs(x))
+        for x in map(_wide, jax.tree.leaves(tree))
+        if x.size
+    ]
+    return jnp.max(jnp.stack(found)) if found else jnp.zeros([], jnp.float32)
+
+
+def _norm(tree: Any, squares: jax.Array) -> jax.Array:
+    """The L2 norm from the plain sum of squares, unless that over- or underflowed.
+
+    Only then (a ``lax.cond``) is the tree read again, scaled by its largest
+    entry; a NaN or infinite entry makes the norm that entry.
+    """
+
+    def rescaled(_):
+        largest = _largest(tree)
+        scale = jnp.where(jnp.isfinite(largest) & (largest > 0), largest, 1.0)
+        total = _sum_squares(jax.tree.map(lambda x: _wide(x) / scale, tree))
+        return jnp.where(jnp.isfinite(largest), scale * jnp.sqrt(total), largest)
+
+    fine = jnp.isfinite(squares) & (squares > jnp.finfo(jnp.float32).tiny)
+    fine = fine | (_size(tree) == 0)
+    return jax.lax.cond(fine, lambda _: jnp.sqrt(squares), rescaled, None)
+
+
+def _size(tree: Any) -> int:
+    return sum(jnp.size(x) for x in jax.tree.leaves(tree))
+
+
+def _nonfinite(tree: Any, squares: jax.Array) -> jax.Array:
+    """How many entries are NaN or infinite, counted only if the sum says any are."""
+
+    def count(_):
+        return sum(
+            (
+                jnp.sum(~jnp.isfinite(_wide(x)), dtype=jnp.int32)
+                for x in jax.tree.leaves(tree)
+            ),
+            jnp.zeros([], jnp.int32),
+        )
+
+    return jax.lax.cond(
+        jnp.isfinite(squares), lambda _: jnp.zeros([], jnp.int32), count, None
+    )
 
 
 def _stats(
     step: jax.Array, grads: Any, updates: Any, summaries: list[SignalSummary]
 ) -> Stats:
-    grad_sizes = _magnitudes(grads)
-    update_sizes = _magnitudes(updates)
-    count = sum(x.size for x in update_sizes)
-    step_mean = sum(jnp.sum(x) for x in update_sizes) / max(count, 1)
-    step_max = jnp.max(jnp.stack([jnp.max(x, initial=0.0) for x in update_sizes]))
+    grad_squares = _sum_squares(grads)
+    update_squares = _sum_squares(updates)
+    update_norm = _norm(updates, update_squares)
     signal_size = sum(s.size for s in summaries)
-    snr_mean = sum(s.total for s in summaries) / max(signal_size, 1)
-    snr_max = (
-        jnp.max(jnp.stack([s.maximum for s in summaries]))
-        if summaries
-        else jnp.zeros([], jnp.float32)
-    )
-    nonfinite = sum(jnp.sum(~jnp.isfinite(x), dtype=jnp.int32) for x in grad_sizes)
+    zero = jnp.zeros([], jnp.float32)
+    snr_total = sum((s.total for s in summaries), zero)
+    snr_max = jnp.max(jnp.stack([s.maximum for s in summaries])) if summaries else zero
     return Stats(
         step=step,
-        grad_norm=_norm(grad_sizes),
-        update_norm=_norm(update_sizes),
-        snr_mean=jnp.asarray(snr_mean, jnp.float32),
-        snr_max=jnp.asarray(snr_max, jnp.float32),
-        step_mean=jnp.asarray(step_mean, jnp.float32),
-        step_max=step_max if update_sizes else jnp.zeros([], jnp.float32),
-        nonfinite=jnp.asarray(nonfinite, jnp.int32),
+        grad_norm=_norm(grads, grad_squares),
+        update_norm=update_norm,
+        snr_mean=snr_total / max(signal_size, 1),
+        snr_max=snr_max,
+        step_rms=update_norm / max(_size(updates), 1) ** 0.5,
+        step_max=_largest(updates),
+        nonfinite=_nonfinite(grads, grad_squares),
     )
