@@ -103,3 +103,103 @@ def init_leaves(caller: str, fn: Callable[[jax.Array], Any], params: PyTree) -> 
             raise TypeError(f"{caller}: parameter leaf {where}: {err}") from err
 
     return jax.tree_util.tree_map_with_path(init_one, params)
+
+
+_INT32_MAX = 2**31 - 1
+
+
+def _wide(leaf: Any) -> jax.Array:
+    """``leaf`` flattened, in float32 or wider (complex stays complex)."""
+    leaf = jnp.asarray(leaf)
+    return leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32)).ravel()
+
+
+def _floating_leaves(tree: PyTree) -> list[jax.Array]:
+    return [
+        _wide(leaf)
+        for leaf in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) and jnp.size(leaf)
+    ]
+
+
+def sum_of_squares(tree: PyTree) -> jax.Array:
+    r""":math:`\sum |x|^2` over the floating leaves of ``tree``, in float32 or wider.
+
+    Computed as dot products: XLA on the CPU hands plain reductions to a
+    library that cannot fuse their inputs, so ``sum(square(x))`` would first
+    write ``square(x)`` out in full, while a dot product reads ``x`` once.
+    """
+    zero = jnp.zeros([], jnp.float32)
+    return sum((jnp.vdot(x, x).real for x in _floating_leaves(tree)), zero)
+
+
+def largest_magnitude(tree: PyTree) -> jax.Array:
+    r""":math:`\max |x|` over the floating leaves (NaN if any entry is NaN)."""
+    found = [
+        jnp.max(jnp.abs(x)) if jnp.iscomplexobj(x) else jnp.maximum(x.max(), -x.min())
+        for x in _floating_leaves(tree)
+    ]
+    return jnp.max(jnp.stack(found)) if found else jnp.zeros([], jnp.float32)
+
+
+def global_norm(tree: PyTree, squares: jax.Array | None = None) -> jax.Array:
+    r"""The L2 norm of all floating entries of ``tree``, in float32, without overflow.
+
+    The plain sum of squares (``squares``, if already computed) is used
+    unless it over- or underflowed; only then (a ``lax.cond``) is the tree
+    read again, scaled by its largest magnitude :math:`M`:
+    :math:`M \sqrt{\sum (|x_i| / M)^2}`. So entries up to the float32
+    maximum and down to its smallest normal count. The norm is NaN if an
+    entry is NaN and :math:`+\infty` if one is infinite.
+    """
+    leaves = _floating_leaves(tree)
+    if not leaves:
+        return jnp.zeros([], jnp.float32)
+    squares = sum_of_squares(tree) if squares is None else squares
+
+    def rescaled(_):
+        largest = largest_magnitude(tree)
+        scale = jnp.where(jnp.isfinite(largest) & (largest > 0), largest, 1.0)
+        total = sum(jnp.vdot(x / scale, x / scale).real for x in leaves)
+        return jnp.where(jnp.isfinite(largest), scale * jnp.sqrt(total), largest)
+
+    fine = jnp.isfinite(squares) & (squares > jnp.finfo(jnp.float32).tiny)
+    return jax.lax.cond(fine, lambda _: jnp.sqrt(squares), rescaled, None)
+
+
+def _saturating_add(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a + b`` for int32 ``a, b >= 0``, stopping at the int32 maximum."""
+    return jnp.where(a > _INT32_MAX - b, _INT32_MAX, a + b).astype(jnp.int32)
+
+
+def count_nonfinite(
+    tree: PyTree, squares: jax.Array | None = None, *, exact_limit: int = _INT32_MAX
+) -> jax.Array:
+    """The number of NaN or infinite entries of ``tree``: a saturating int32.
+
+    A complex entry counts once. The count runs only when the sum of squares
+    (``squares``, if already computed) is not finite, which any non-finite
+    entry makes it; ``isfinite`` is several times slower than a sum on the
+    CPU. Leaves of more than ``exact_limit`` entries are summed with a
+    saturating addition.
+    """
+    leaves = _floating_leaves(tree)
+    squares = sum_of_squares(tree) if squares is None else squares
+
+    def count_leaf(x):
+        bad = ~jnp.isfinite(x)
+        if bad.size <= exact_limit:
+            return jnp.sum(bad, dtype=jnp.int32)
+        return jax.lax.reduce(
+            bad.astype(jnp.int32), jnp.zeros([], jnp.int32), _saturating_add, (0,)
+        )
+
+    def count(_):
+        total = jnp.zeros([], jnp.int32)
+        for x in leaves:
+            total = _saturating_add(total, count_leaf(x))
+        return total
+
+    return jax.lax.cond(
+        jnp.isfinite(squares), lambda _: jnp.zeros([], jnp.int32), count, None
+    )

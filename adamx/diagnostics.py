@@ -27,6 +27,7 @@ import jax.extend
 import jax.numpy as jnp
 import optax
 
+from adamx._tree import count_nonfinite, global_norm, largest_magnitude, sum_of_squares
 from adamx._validation import quoting
 
 __all__ = ["SignalSummary", "Stats", "WithStatsState", "report_signal", "with_stats"]
@@ -222,92 +223,26 @@ def with_stats(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _wide(x: Any) -> jax.Array:
-    x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32)).ravel()
-
-
-def _sum_squares(tree: Any) -> jax.Array:
-    """The sum of |x|^2 over a tree, as dot products.
-
-    XLA on the CPU hands reductions to a library that cannot fuse their
-    inputs: ``sum(square(x))`` would first write ``square(x)`` out in full. A
-    dot product reads ``x`` once and writes nothing.
-    """
-    return sum(
-        (jnp.vdot(x, x).real for x in map(_wide, jax.tree.leaves(tree)) if x.size),
-        jnp.zeros([], jnp.float32),
-    )
-
-
-def _largest(tree: Any) -> jax.Array:
-    """The largest |x|, from max and min of real leaves (no |x| written out)."""
-    found = [
-        jnp.maximum(jnp.max(x), -jnp.min(x))
-        if not jnp.iscomplexobj(x)
-        else jnp.max(jnp.abs(x))
-        for x in map(_wide, jax.tree.leaves(tree))
-        if x.size
-    ]
-    return jnp.max(jnp.stack(found)) if found else jnp.zeros([], jnp.float32)
-
-
-def _norm(tree: Any, squares: jax.Array) -> jax.Array:
-    """The L2 norm from the plain sum of squares, unless that over- or underflowed.
-
-    Only then (a ``lax.cond``) is the tree read again, scaled by its largest
-    entry; a NaN or infinite entry makes the norm that entry.
-    """
-
-    def rescaled(_):
-        largest = _largest(tree)
-        scale = jnp.where(jnp.isfinite(largest) & (largest > 0), largest, 1.0)
-        total = _sum_squares(jax.tree.map(lambda x: _wide(x) / scale, tree))
-        return jnp.where(jnp.isfinite(largest), scale * jnp.sqrt(total), largest)
-
-    fine = jnp.isfinite(squares) & (squares > jnp.finfo(jnp.float32).tiny)
-    fine = fine | (_size(tree) == 0)
-    return jax.lax.cond(fine, lambda _: jnp.sqrt(squares), rescaled, None)
-
-
 def _size(tree: Any) -> int:
     return sum(jnp.size(x) for x in jax.tree.leaves(tree))
-
-
-def _nonfinite(tree: Any, squares: jax.Array) -> jax.Array:
-    """How many entries are NaN or infinite, counted only if the sum says any are."""
-
-    def count(_):
-        return sum(
-            (
-                jnp.sum(~jnp.isfinite(_wide(x)), dtype=jnp.int32)
-                for x in jax.tree.leaves(tree)
-            ),
-            jnp.zeros([], jnp.int32),
-        )
-
-    return jax.lax.cond(
-        jnp.isfinite(squares), lambda _: jnp.zeros([], jnp.int32), count, None
-    )
 
 
 def _stats(
     step: jax.Array, grads: Any, updates: Any, summaries: list[SignalSummary]
 ) -> Stats:
-    grad_squares = _sum_squares(grads)
-    update_squares = _sum_squares(updates)
-    update_norm = _norm(updates, update_squares)
+    grad_squares = sum_of_squares(grads)
+    update_norm = global_norm(updates)
     signal_size = sum(s.size for s in summaries)
     zero = jnp.zeros([], jnp.float32)
     snr_total = sum((s.total for s in summaries), zero)
     snr_max = jnp.max(jnp.stack([s.maximum for s in summaries])) if summaries else zero
     return Stats(
         step=step,
-        grad_norm=_norm(grads, grad_squares),
+        grad_norm=global_norm(grads, grad_squares),
         update_norm=update_norm,
         snr_mean=snr_total / max(signal_size, 1),
         snr_max=snr_max,
         step_rms=update_norm / max(_size(updates), 1) ** 0.5,
-        step_max=_largest(updates),
-        nonfinite=_nonfinite(grads, grad_squares),
+        step_max=largest_magnitude(updates),
+        nonfinite=count_nonfinite(grads, grad_squares),
     )

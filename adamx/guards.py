@@ -27,7 +27,6 @@ accepted step of norm 0, which lowers its average.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -36,6 +35,7 @@ import numpy as np
 import optax
 
 from adamx import numerics
+from adamx._tree import count_nonfinite, global_norm
 from adamx._validation import caller_name
 
 __all__ = [
@@ -45,7 +45,6 @@ __all__ = [
     "skip_spikes",
 ]
 
-_INT32_MAX = int(np.iinfo(np.int32).max)
 _POLICIES = ("skip", "zero")
 
 
@@ -95,66 +94,6 @@ class SpikeState(NamedTuple):
 
 def _is_inexact(leaf: Any) -> bool:
     return jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
-
-
-def _saturating_add(a: jax.Array, b: jax.Array) -> jax.Array:
-    """``a + b`` for int32 ``a, b >= 0``, stopping at the int32 maximum."""
-    return jnp.where(a > _INT32_MAX - b, _INT32_MAX, a + b).astype(jnp.int32)
-
-
-def _count_nonfinite(leaf: jax.Array, exact_limit: int = _INT32_MAX) -> jax.Array:
-    """The number of non-finite entries of ``leaf`` as a saturating int32 scalar.
-
-    An int32 sum cannot overflow for a leaf of at most ``exact_limit``
-    (2**31 - 1) entries; a larger leaf is reduced with a saturating addition.
-    Leaves that are not floating or complex have no non-finite entries.
-    """
-    if not _is_inexact(leaf):
-        return jnp.zeros([], jnp.int32)
-    bad = jnp.logical_not(jnp.isfinite(leaf))
-    if bad.size <= exact_limit:
-        return jnp.sum(bad, dtype=jnp.int32)
-    return jax.lax.reduce(
-        bad.astype(jnp.int32),
-        jnp.zeros([], jnp.int32),
-        _saturating_add,
-        tuple(range(bad.ndim)),
-    )
-
-
-def _tree_count_nonfinite(tree: optax.Updates) -> jax.Array:
-    """Non-finite entries over all leaves of ``tree``, a saturating int32 scalar."""
-    return functools.reduce(
-        _saturating_add,
-        [_count_nonfinite(leaf) for leaf in jax.tree.leaves(tree)],
-        jnp.zeros([], jnp.int32),
-    )
-
-
-def _global_norm(tree: optax.Updates) -> jax.Array:
-    r"""The L2 norm of all entries of ``tree`` in float32, without overflow.
-
-    Entries are scaled by the largest magnitude :math:`M` before squaring,
-    :math:`\lVert u \rVert = M \sqrt{\sum (|u_i| / M)^2}`, so neither
-    squares above float32's range (:math:`|u_i| > 1.8 \cdot 10^{19}`) nor
-    below it (:math:`|u_i| < 10^{-19}`) are lost. The norm is NaN if an entry
-    is, and :math:`+\infty` if an entry is infinite or the norm exceeds
-    float32's range.
-    """
-    magnitudes = [
-        jnp.abs(leaf).astype(jnp.float32)
-        for leaf in jax.tree.leaves(tree)
-        if _is_inexact(leaf)
-    ]
-    if not magnitudes:
-        return jnp.zeros([], jnp.float32)
-    largest = functools.reduce(
-        jnp.maximum, [jnp.max(m, initial=0.0) for m in magnitudes]
-    )
-    usable = jnp.isfinite(largest) & (largest > 0)
-    scale = jnp.where(usable, largest, 1.0)
-    total = sum(jnp.sum(jnp.square(m / scale)) for m in magnitudes)
-    return jnp.where(jnp.isfinite(largest), scale * jnp.sqrt(total), largest)
 
 
 def _check_state_unchanged_in_type(caller: str, old: Any, new: Any) -> None:
@@ -298,7 +237,7 @@ def nonfinite_policy(
         return NonfiniteState(inner.init(params), zero, zero, zero)
 
     def update_fn(updates, state, params=None, **extra_args):
-        nonfinite = _tree_count_nonfinite(updates)
+        nonfinite = count_nonfinite(updates)
         bad = nonfinite > 0
         consecutive = jnp.where(
             bad, optax.safe_increment(state.consecutive), jnp.zeros([], jnp.int32)
@@ -518,7 +457,7 @@ def skip_spikes(
             return inner.update(g, state.inner_state, params, **extra_args)
 
         if norm_of == "gradients":
-            norm = _global_norm(updates)
+            norm = global_norm(updates)
             accept, norm_average, accepted, skipped = decide(norm, state)
             shapes = jax.eval_shape(run, updates)
             _check_state_unchanged_in_type(caller, state.inner_state, shapes[1])
@@ -531,7 +470,7 @@ def skip_spikes(
         else:
             candidate, new_inner = run(updates)
             _check_state_unchanged_in_type(caller, state.inner_state, new_inner)
-            norm = _global_norm(candidate)
+            norm = global_norm(candidate)
             accept, norm_average, accepted, skipped = decide(norm, state)
             out = jax.tree.map(
                 lambda u: jnp.where(accept, u, jnp.zeros_like(u)), candidate

@@ -22,7 +22,7 @@ import pytest
 from flax.training import train_state
 
 import adamx
-from adamx import guards
+from adamx import _tree
 from adamx.guards import nonfinite_policy, skip_spikes
 
 INT32_MAX = 2**31 - 1
@@ -285,16 +285,16 @@ def test_counters_saturate(policy):
 def test_count_is_exact_and_saturates_beyond_int32():
     """Leaves above 2**31 entries are summed saturating; smaller ones exactly."""
     x = jnp.asarray(np.where(np.arange(50) % 3 == 0, np.nan, 1.0), jnp.float32)
-    assert int(guards._count_nonfinite(x)) == 17
+    assert int(_tree.count_nonfinite(x)) == 17
     # The saturating path, forced on a small leaf, counts the same.
-    assert int(guards._count_nonfinite(x, exact_limit=10)) == 17
+    assert int(_tree.count_nonfinite(x, exact_limit=10)) == 17
     big = jnp.asarray(INT32_MAX - 5, jnp.int32)
-    assert int(guards._saturating_add(big, jnp.asarray(5, jnp.int32))) == INT32_MAX
-    assert int(guards._saturating_add(big, jnp.asarray(6, jnp.int32))) == INT32_MAX
+    assert int(_tree._saturating_add(big, jnp.asarray(5, jnp.int32))) == INT32_MAX
+    assert int(_tree._saturating_add(big, jnp.asarray(6, jnp.int32))) == INT32_MAX
     assert (
-        int(guards._saturating_add(big, jnp.asarray(INT32_MAX, jnp.int32))) == INT32_MAX
+        int(_tree._saturating_add(big, jnp.asarray(INT32_MAX, jnp.int32))) == INT32_MAX
     )
-    assert int(guards._saturating_add(big, jnp.asarray(4, jnp.int32))) == INT32_MAX - 1
+    assert int(_tree._saturating_add(big, jnp.asarray(4, jnp.int32))) == INT32_MAX - 1
 
 
 def test_trees_of_any_dtype_are_counted():
