@@ -96,7 +96,7 @@ def moment_transform(
             name: value(state.count) if callable(value) else value
             for name, value in hyperparameters.items()
         }
-        steps: dict[Any, tuple[Callable[..., Any], Callable[..., Any], dict]] = {}
+        steps: dict[Any, tuple[Callable[..., Any], Callable[..., Any], dict, dict]] = {}
 
         def steps_for(dtype):
             """The leaf step for one compute dtype, and its traced arguments.
@@ -116,10 +116,10 @@ def moment_transform(
                     )
                     for k, v in values.items()
                 }
-                fixed = {k: v for k, v in cast.items() if _known(v)}
+                fixed = {k: v for k, v in cast.items() if numerics._known(v)}
                 traced = {k: v for k, v in cast.items() if k not in fixed}
                 plain = functools.partial(leaf_step, fixed=fixed)
-                steps[dtype] = (plain, jax.jit(plain), traced)
+                steps[dtype] = (plain, jax.jit(plain), traced, cast)
             return steps[dtype]
 
         def leaf(index, path, g, *stored):
@@ -129,7 +129,7 @@ def moment_transform(
                     raise ValueError(
                         f"{caller}: the state leaf for update {path} {problem}"
                     )
-            plain, jitted, traced = steps_for(numerics.compute_dtype(g.dtype))
+            plain, jitted, traced, _ = steps_for(numerics.compute_dtype(g.dtype))
             keys = [
                 _rounding_key(s, count, index, slot) for slot, s in enumerate(storages)
             ]
@@ -150,13 +150,12 @@ def moment_transform(
         size = 0
         for grad_dtype, written in signal_inputs:
             dtype = numerics.compute_dtype(grad_dtype)
-            plain, _, traced = steps_for(dtype)
+            cast = steps_for(dtype)[3]
             moments = [s.read(x) for s, x in zip(storages, written, strict=True)]
             ratio = signal(
                 *(m.astype(numerics.compute_dtype(m.dtype)) for m in moments),
                 count=count,
-                **plain.keywords["fixed"],
-                **traced,
+                **cast,
             ).astype(jnp.float32)
             total = total + jnp.sum(ratio)
             largest = jnp.maximum(largest, jnp.max(ratio, initial=0.0))
@@ -173,11 +172,6 @@ def debiased_signal(
     return numerics.signal_to_noise(
         numerics.bias_correction(m, b1, count), numerics.bias_correction(v, b2, count)
     )
-
-
-def _known(value: Any) -> bool:
-    """True for a hyperparameter whose value is known while tracing."""
-    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value))
 
 
 def _staged(x: Any) -> bool:

@@ -68,9 +68,9 @@ def hyperparameter(value: ArrayLike, dtype: DTypeLike) -> jax.Array:
         return jnp.asarray(value, dtype=real)
 
 
-def _known(value: ArrayLike) -> bool:
-    """True for a value known while tracing (not a tracer)."""
-    return not isinstance(value, jax.core.Tracer)
+def _known(value: ArrayLike | Decay) -> bool:
+    """True for a value (or a tree of them) known while tracing: no tracer in it."""
+    return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(value))
 
 
 class Decay(NamedTuple):
@@ -168,16 +168,10 @@ def update_moment(
     rate, complement = as_decay(decay, jnp.result_type(moment))
     step = value - moment
     if _known(complement):  # choose the form while tracing: one, not both
-        mixed = (
-            moment + complement * step
-            if float(complement) < 0.5
-            else value - rate * step
-        )
-    else:
-        mixed = jnp.where(
-            complement < 0.5, moment + complement * step, value - rate * step
-        )
-    return mixed
+        if float(complement) < 0.5:
+            return moment + complement * step
+        return value - rate * step
+    return jnp.where(complement < 0.5, moment + complement * step, value - rate * step)
 
 
 def bias_correction_factor(decay: ArrayLike | Decay, count: ArrayLike) -> jax.Array:
