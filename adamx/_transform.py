@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import optax
 from jax.interpreters import partial_eval
 
-from adamx import numerics
+from adamx import numerics, quantization
 from adamx._tree import init_leaves, map_leaves
 from adamx._validation import caller_name
 from adamx.diagnostics import SignalSummary, report_signal
-from adamx.storage import StateStorage
+from adamx.storage import Storage
 
 LeafUpdate = Callable[..., tuple[jax.Array, ...]]
 
@@ -35,12 +35,13 @@ DECAYS = frozenset({"b1", "b2", "b3", "decay"})
 def moment_transform(
     caller: str,
     state_type: type[NamedTuple],
-    storages: Sequence[StateStorage],
+    storages: Sequence[Storage],
     hyperparameters: Mapping[str, Any],
     leaf_update: LeafUpdate,
     *,
     initial_values: Sequence[Any] | None = None,
     signal: LeafUpdate | None = None,
+    monotone: bool = False,
 ) -> optax.GradientTransformation:
     r"""Builds a transformation whose state is ``state_type(count, *moments)``.
 
@@ -63,6 +64,12 @@ def moment_transform(
         element-wise signal-to-noise ratio :math:`|\hat m|/\sqrt{\hat v}` of
         the new moments, for :func:`adamx.with_stats`; it is evaluated only on
         the steps that record statistics.
+      monotone: the variant declares that each new moment, in magnitude, is
+        at most ``leaf_update`` applied to :math:`|g|` and the old moments'
+        magnitudes (true of moving averages of :math:`g` and :math:`|g|^2`
+        and of running maxima). Low-bit storage then sizes each block from
+        that bound, evaluated on per-block maxima read cheaply from the stored
+        codes and the gradient, instead of a pass over the new values.
 
     Returns:
       The ``optax.GradientTransformation``.
@@ -77,17 +84,44 @@ def moment_transform(
         ]
         return state_type(jnp.zeros([], jnp.int32), *moments)
 
-    def leaf_step(g, stored, count, traced, keys, *, fixed):
+    def leaf_step(g, stored, count, traced, leaf, *, fixed):
         dtype = numerics.compute_dtype(g.dtype)
-        moments = [s.read(x) for s, x in zip(storages, stored, strict=True)]
+        moments = [s.read(x, g.shape) for s, x in zip(storages, stored, strict=True)]
         update, *new = leaf_update(
             g.astype(dtype), *moments, count=count, **fixed, **traced
         )
+        bounds = _block_bounds(g, stored, count, {**fixed, **traced})
         written = [
-            s.write(n, x, key)
-            for s, n, x, key in zip(storages, new, stored, keys, strict=True)
+            s.write(n, x, count=count, leaf=leaf, slot=slot, bound=bound)
+            for slot, (s, n, x, bound) in enumerate(
+                zip(storages, new, stored, bounds, strict=True)
+            )
         ]
         return update.astype(g.dtype), written
+
+    def _block_bounds(g, stored, count, hyper):
+        """Per-block bounds of the new moments' magnitudes, where they are cheap.
+
+        For a ``monotone`` variant whose coded moments share one block size:
+        ``leaf_update`` applied to each block's max |g| and old max |moment|.
+        None elsewhere: the storage then takes the exact maximum.
+        """
+        none = [None] * len(storages)
+        coded = [s for s in storages if s.coded(g.shape)]
+        sizes = {s.block_size for s in coded}
+        if not monotone or len(sizes) != 1 or jnp.iscomplexobj(g):
+            return none
+        (size,) = sizes
+        largest = [
+            s.block_abs_max(x, g.shape, size)
+            for s, x in zip(storages, stored, strict=True)
+        ]
+        g_max = quantization.blocked_abs_max(g, size).astype(largest[0].dtype)
+        _, *bounds = leaf_update(g_max, *largest, count=count, **hyper)
+        return [
+            b if s.coded(g.shape) else None
+            for s, b in zip(storages, bounds, strict=True)
+        ]
 
     def update_fn(updates, state, params=None):
         del params
@@ -130,12 +164,10 @@ def moment_transform(
                         f"{caller}: the state leaf for update {path} {problem}"
                     )
             plain, jitted, traced, _ = steps_for(numerics.compute_dtype(g.dtype))
-            keys = [
-                _rounding_key(s, count, index, slot) for slot, s in enumerate(storages)
-            ]
             step = jitted if _staged(g) else plain
-            update, written = step(g, stored, count, traced, keys)
-            signal_inputs.append((g.dtype, written))
+            leaf_index = jnp.asarray(index, jnp.uint32)  # traced: one trace per shape
+            update, written = step(g, stored, count, traced, leaf_index)
+            signal_inputs.append((g.dtype, g.shape, written))
             return (update, *written)
 
         signal_inputs: list[tuple[Any, list[Any]]] = []
@@ -148,10 +180,10 @@ def moment_transform(
         total = jnp.zeros([], jnp.float32)
         largest = jnp.zeros([], jnp.float32)
         size = 0
-        for grad_dtype, written in signal_inputs:
+        for grad_dtype, shape, written in signal_inputs:
             dtype = numerics.compute_dtype(grad_dtype)
             cast = steps_for(dtype)[3]
-            moments = [s.read(x) for s, x in zip(storages, written, strict=True)]
+            moments = [s.read(x, shape) for s, x in zip(storages, written, strict=True)]
             ratio = signal(
                 *(m.astype(numerics.compute_dtype(m.dtype)) for m in moments),
                 count=count,
@@ -177,16 +209,3 @@ def debiased_signal(
 def _staged(x: Any) -> bool:
     """True while ``x`` is being traced into a jitted program."""
     return isinstance(x, partial_eval.DynamicJaxprTracer)
-
-
-def _rounding_key(
-    storage: StateStorage, count: jax.Array, leaf: int, slot: int
-) -> jax.Array | None:
-    """Noise for stochastic rounding: a function of seed, step, leaf and moment.
-
-    Deriving it keeps the state free of a key and makes runs reproducible.
-    """
-    if storage.stochastic is None:
-        return None
-    key = jax.random.fold_in(jax.random.key(storage.stochastic.seed), count)
-    return jax.random.fold_in(key, leaf * 16 + slot)

@@ -1,18 +1,24 @@
 """How optimizer state is stored: one place for every transform's moments.
 
-A transform never casts its own state. It asks a :class:`StateStorage` for
-its starting moments at ``init``, :meth:`~StateStorage.read` s each stored
-leaf into the compute dtype (float32 or wider), updates it, and
-:meth:`~StateStorage.write` s it back. The algorithm does not know how its
-moments are stored, so every transform gets every storage kind:
+A transform never casts its own state. It asks a :class:`Storage` for its
+starting moments at ``init``, :meth:`~Storage.read` s each stored leaf into
+the compute dtype (float32 or wider), updates it, and :meth:`~Storage.write` s
+it back. The algorithm does not know how its moments are stored, so every
+transform gets every storage kind. A ``mu_dtype``/``nu_dtype`` argument picks
+one (:func:`resolve_storage`):
 
 - a floating dtype (``mu_dtype=jnp.bfloat16``), or None to follow the
-  parameter, as optax does;
-- ``"int8"`` or :class:`Quantized`: block-wise dynamic 8-bit codes with one
-  float32 scale per block (:mod:`adamx.quantization`); the stored leaf is a
-  :class:`QuantizedArray` of plain arrays, so jit, ``eval_shape``,
-  checkpoints and sharding need no special case;
-- :class:`StochasticRounding`: bfloat16 written with stochastic rounding.
+  parameter, as optax does: :class:`FloatStorage`;
+- :class:`StochasticRounding`: bfloat16 written with stochastic rounding:
+  :class:`StochasticStorage`;
+- ``"int8"``, ``"int4"`` or :class:`Quantized`: block-wise low-bit float codes
+  with one int8 exponent per block (:mod:`adamx.quantization`):
+  :class:`CodeStorage`. The stored leaf is a :class:`QuantizedArray` of plain
+  arrays, so jit, ``eval_shape``, checkpoints and sharding need no special
+  case.
+
+Each kind owns its ``init``/``read``/``write``/``mismatch`` and derives its
+own rounding noise from the step, the leaf and the moment's slot.
 """
 
 from __future__ import annotations
@@ -29,10 +35,13 @@ from adamx import numerics, quantization
 from adamx._validation import caller_name
 
 __all__ = [
+    "CodeStorage",
+    "FloatStorage",
     "Quantized",
     "QuantizedArray",
-    "StateStorage",
     "StochasticRounding",
+    "StochasticStorage",
+    "Storage",
     "moment_storages",
     "resolve_storage",
     "state_nbytes",
@@ -44,45 +53,51 @@ _COMPLEX_OF = {
 }
 
 
+def _check_int(call: str, name: str, value: Any, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{call}({name}={value!r}): {name} must be an int >= {low}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Quantized:
-    """8-bit block-wise dynamic quantization of a moment (Dettmers et al. 2022).
+    """Block-wise low-bit storage of a moment: 8 or 4 bits per value.
 
-    Pass it (or the string ``"int8"`` for the defaults) as ``mu_dtype`` or
-    ``nu_dtype``. A moment then costs one byte per value plus a float32 scale
-    per ``block_size`` values along the last axis: 1.016 bytes per value at
-    the default block size, against 4 in float32.
+    Pass it (or the string ``"int8"`` or ``"int4"`` for the defaults) as
+    ``mu_dtype`` or ``nu_dtype``. A moment then costs ``bits / 8`` bytes per
+    value plus one byte per ``block_size`` values along the last axis: 1.008
+    bytes per value for 8 bits and 0.508 for 4 bits at the default block size,
+    against 4 in float32. The codes and their error bounds are described in
+    :mod:`adamx.quantization`.
 
     Attributes:
-      block_size: values per block, a positive power of two.
+      bits: 8 or 4.
+      block_size: values per block, a positive even power of two.
       min_size: leaves with fewer values stay float32, where the saving is
-        negligible and the relative error of 8 bits is not.
+        negligible and the relative error of a few bits is not.
+      seed: the base of the stochastic rounding noise.
 
     Example:
       >>> import adamx
-      >>> tx = adamx.adam(1e-3, mu_dtype=adamx.Quantized(), nu_dtype="int8")
+      >>> tx = adamx.adam(1e-3, mu_dtype=adamx.Quantized(bits=4), nu_dtype="int8")
     """
 
-    block_size: int = 256
+    bits: int = 8
+    block_size: int = 128
     min_size: int = 4096
+    seed: int = 0
 
     def __post_init__(self):
+        if self.bits not in (4, 8) or isinstance(self.bits, bool):
+            raise ValueError(f"Quantized(bits={self.bits!r}): bits must be 8 or 4")
         size = self.block_size
-        if (
-            not isinstance(size, int)
-            or isinstance(size, bool)
-            or size <= 0
-            or size & (size - 1)
-        ):
+        _check_int("Quantized", "block_size", size, 2)
+        if size & (size - 1):
             raise ValueError(
                 f"Quantized(block_size={size!r}): block_size must be a positive "
                 "power of two"
             )
-        min_size = self.min_size
-        if not isinstance(min_size, int) or isinstance(min_size, bool) or min_size < 0:
-            raise ValueError(
-                f"Quantized(min_size={self.min_size!r}): min_size must be an int >= 0"
-            )
+        _check_int("Quantized", "min_size", self.min_size, 0)
+        _check_int("Quantized", "seed", self.seed, 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,34 +122,108 @@ class StochasticRounding:
 
 
 class QuantizedArray(NamedTuple):
-    """A stored 8-bit moment leaf.
+    """A stored low-bit moment leaf.
 
     Attributes:
-      codes: uint8, shaped like the parameter: indices into the code map.
-      scales: float32, ``(*shape[:-1], blocks)``: each block's absolute maximum.
+      codes: the codes: int8 (signed moments) or uint8, shaped like the
+        parameter; for 4 bits, uint8 with two codes per byte along the last
+        axis.
+      scales: int8, ``(*shape[:-1], blocks)``: each block's exponent
+        :math:`E`, its scale being :math:`2^E`.
     """
 
     codes: jax.Array
     scales: jax.Array
 
 
+def _salt(seed: int, count: jax.Array, leaf: jax.Array, slot: int) -> jax.Array:
+    """A scalar uint32 from (seed, step, leaf, slot): the rounding noise's salt."""
+    step = jnp.asarray(count, jnp.uint32) * jnp.uint32(0x9E3779B9)
+    place = jnp.asarray(leaf, jnp.uint32) * jnp.uint32(0xC2B2AE35)
+    return step ^ place ^ jnp.uint32((seed * 0x85EBCA6B + slot) % 2**32)
+
+
 @dataclasses.dataclass(frozen=True)
-class StateStorage:
-    """Storage of one moment.
+class Storage:
+    """Storage of one moment: the interface every kind implements.
 
     Attributes:
-      dtype: the declared floating dtype, or None to follow each parameter
-        leaf's dtype (optax's convention).
       real: True for moments of :math:`|g|^2`, which are real even for complex
-        parameters (and never negative, which picks the unsigned 8-bit map).
-      quantized: 8-bit storage for large leaves, or None.
-      stochastic: stochastic rounding for bfloat16, or None.
+        parameters and never negative.
     """
 
-    dtype: np.dtype | None
-    real: bool = False
-    quantized: Quantized | None = None
-    stochastic: StochasticRounding | None = None
+    real: bool
+
+    block_size = None  # kinds that store per-block codes set this
+
+    def coded(self, shape: tuple[int, ...]) -> bool:
+        """True when a leaf of ``shape`` is stored as block codes."""
+        return False
+
+    def init(self, param: jax.Array, initial_value: ArrayLike = 0.0) -> Any:
+        """``initial_value`` (default 0) shaped like ``param``, as stored."""
+        # Computed from ``param`` rather than a constant: under jit the compiler
+        # then gives the moment the parameter's sharding (a constant would be
+        # replicated). |p| * 0 is +0 for every finite p; non-finite p count as 0.
+        finite = jnp.where(jnp.isfinite(param), param, 0)
+        dtype = self._init_dtype(param)
+        return (jnp.abs(finite) * 0).astype(dtype) + jnp.asarray(initial_value, dtype)
+
+    def _init_dtype(self, param: jax.Array) -> np.dtype:
+        raise NotImplementedError
+
+    def read(self, stored: Any, shape: tuple[int, ...]) -> jax.Array:
+        """The stored leaf in its compute dtype."""
+        return stored.astype(numerics.compute_dtype(stored.dtype))
+
+    def write(
+        self,
+        value: jax.Array,
+        stored: Any,
+        *,
+        count: jax.Array,
+        leaf: int,
+        slot: int,
+        bound: jax.Array | None = None,
+    ) -> Any:
+        """``value`` stored like the leaf it replaces.
+
+        ``count``, ``leaf`` and ``slot`` seed stochastic rounding; ``bound``
+        bounds each block's :math:`|value|` for block codes.
+        """
+        return value.astype(stored.dtype)
+
+    def block_abs_max(
+        self, stored: Any, shape: tuple[int, ...], block_size: int
+    ) -> jax.Array:
+        r"""Each block's :math:`\max |x|` of the stored values, cheaply."""
+        return quantization.blocked_abs_max(stored, block_size).astype(jnp.float32)
+
+    def mismatch(self, stored: Any, shape: tuple[int, ...]) -> str | None:
+        """Why ``stored`` cannot be this storage's leaf for an update of ``shape``.
+
+        None when it can. Catches a state saved for other parameters or built
+        with another storage, before it turns into a broadcasting error.
+        """
+        if _as_codes(stored) is not None:
+            return (
+                "holds low-bit codes but this transform stores a plain array there "
+                "(mu_dtype/nu_dtype differ from the ones the state was built with)"
+            )
+        if tuple(jnp.shape(stored)) != tuple(shape):
+            return f"is shaped {tuple(jnp.shape(stored))}, the update {tuple(shape)}"
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class FloatStorage(Storage):
+    """A floating dtype, or None to follow each parameter leaf (optax's rule).
+
+    Attributes:
+      dtype: the declared floating dtype, or None.
+    """
+
+    dtype: np.dtype | None = None
 
     def dtype_for(self, param_dtype: DTypeLike) -> np.dtype:
         """The stored floating dtype for a parameter of ``param_dtype``."""
@@ -151,100 +240,27 @@ class StateStorage:
             return _COMPLEX_OF[self.dtype]
         return self.dtype
 
-    def _quantizes(self, param: jax.Array) -> bool:
-        q = self.quantized
-        return q is not None and param.ndim >= 1 and param.size >= q.min_size
+    def _init_dtype(self, param):
+        return self.dtype_for(param.dtype)
 
-    def init(self, param: jax.Array, initial_value: ArrayLike = 0.0) -> Any:
-        """``initial_value`` (default 0) shaped like ``param``, as stored."""
-        if self._quantizes(param) and jnp.issubdtype(param.dtype, jnp.complexfloating):
-            raise TypeError("8-bit state holds real moments only; complex leaf")
-        dtype = jnp.float32 if self._quantizes(param) else self.dtype_for(param.dtype)
-        # Computed from ``param`` rather than a constant: under jit the compiler
-        # then gives the moment the parameter's sharding (a constant would be
-        # replicated), and does not fold the 8-bit quantization at compile time.
-        # |p| * 0 is +0 for every finite p; non-finite p count as 0.
-        finite = jnp.where(jnp.isfinite(param), param, 0)
-        value = (jnp.abs(finite) * 0).astype(dtype) + jnp.asarray(initial_value, dtype)
-        if self._quantizes(param):
-            return QuantizedArray(*self._quantize(value))
-        return value
 
-    def _code_map(self) -> jax.Array:
-        return quantization.dynamic_code_map(signed=not self.real)
+@dataclasses.dataclass(frozen=True)
+class StochasticStorage(FloatStorage):
+    """bfloat16 written with stochastic rounding (see :class:`StochasticRounding`).
 
-    def _quantize(self, value: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return quantization.quantize_blockwise(
-            value, self._code_map(), self.quantized.block_size
-        )
+    Attributes:
+      seed: the base of the rounding noise.
+    """
 
-    @staticmethod
-    def _codes_and_scales(stored: Any) -> QuantizedArray | None:
-        """``stored`` as a QuantizedArray, or None for a plain array.
+    seed: int = 0
 
-        Frameworks that keep optimizer state in their own containers (Flax NNX
-        turns each NamedTuple into a mapping) hand back the same two arrays
-        under the keys ``codes`` and ``scales``; those are accepted as well.
-        """
-        if isinstance(stored, QuantizedArray):
-            return stored
-        keys = getattr(stored, "keys", None)
-        if keys is not None and set(keys()) == {"codes", "scales"}:
-            codes, scales = stored["codes"], stored["scales"]
-            unwrap = lambda x: getattr(x, "value", x)  # noqa: E731 (NNX variables)
-            return QuantizedArray(unwrap(codes), unwrap(scales))
-        return None
-
-    def mismatch(self, stored: Any, shape: tuple[int, ...]) -> str | None:
-        """Why ``stored`` cannot be this storage's leaf for an update of ``shape``.
-
-        None when it can. Catches a state saved for other parameters or built
-        with another storage, before it turns into a broadcasting error.
-        """
-        as_codes = self._codes_and_scales(stored)
-        quantized = as_codes is not None
-        stored = as_codes if quantized else stored
-        held = stored.codes.shape if quantized else jnp.shape(stored)
-        if tuple(held) != tuple(shape):
-            return f"is shaped {tuple(held)}, the update {tuple(shape)}"
-        expects_codes = self.quantized is not None and len(shape) >= 1
-        expects_codes = expects_codes and int(np.prod(shape)) >= self.quantized.min_size
-        if quantized != expects_codes:
-            kinds = ("8-bit codes", "a plain array")
-            return (
-                f"holds {kinds[not quantized]} but this transform stores "
-                f"{kinds[not expects_codes]} there (mu_dtype/nu_dtype differ from "
-                "the ones the state was built with)"
-            )
-        if quantized:
-            blocks = quantization.num_blocks(shape[-1], self.quantized.block_size)
-            expected = (*shape[:-1], blocks)
-            if tuple(stored.scales.shape) != expected:
-                return (
-                    f"has scales shaped {tuple(stored.scales.shape)}, not {expected} "
-                    f"(block_size {self.quantized.block_size})"
-                )
-        return None
-
-    def read(self, stored: Any) -> jax.Array:
-        """The stored leaf in its compute dtype (float32 for 8-bit leaves)."""
-        stored = self._codes_and_scales(stored) or stored
-        if isinstance(stored, QuantizedArray):
-            return quantization.dequantize_blockwise(
-                stored.codes, stored.scales, self._code_map(), self.quantized.block_size
-            )
-        return stored.astype(numerics.compute_dtype(stored.dtype))
-
-    def write(self, value: jax.Array, stored: Any, key: jax.Array | None = None) -> Any:
-        """``value`` stored like the leaf it replaces.
-
-        ``key`` seeds stochastic rounding, when this storage uses it.
-        """
-        if self._codes_and_scales(stored) is not None:
-            return QuantizedArray(*self._quantize(value))
-        if self.stochastic is not None and stored.dtype == jnp.bfloat16:
-            return _round_stochastically(value, key)
-        return value.astype(stored.dtype)
+    def write(self, value, stored, *, count, leaf, slot, bound=None):
+        """bfloat16 leaves are written with stochastic rounding."""
+        if stored.dtype != jnp.bfloat16:
+            return value.astype(stored.dtype)
+        key = jax.random.fold_in(jax.random.key(self.seed), count)
+        place = jnp.asarray(leaf, jnp.uint32) * 16 + slot
+        return _round_stochastically(value, jax.random.fold_in(key, place))
 
 
 def _round_stochastically(value: jax.Array, key: jax.Array) -> jax.Array:
@@ -258,13 +274,143 @@ def _round_stochastically(value: jax.Array, key: jax.Array) -> jax.Array:
     return jnp.where(jnp.isfinite(value), rounded, value).astype(jnp.bfloat16)
 
 
+def _as_codes(stored: Any) -> QuantizedArray | None:
+    """``stored`` as a QuantizedArray, or None for a plain array.
+
+    Frameworks that keep optimizer state in their own containers (Flax NNX
+    turns each NamedTuple into a mapping) hand back the same two arrays under
+    the keys ``codes`` and ``scales``; those are accepted as well.
+    """
+    if isinstance(stored, QuantizedArray):
+        return stored
+    keys = getattr(stored, "keys", None)
+    if keys is not None and set(keys()) == {"codes", "scales"}:
+        unwrap = lambda x: getattr(x, "value", x)  # noqa: E731 (NNX variables)
+        return QuantizedArray(unwrap(stored["codes"]), unwrap(stored["scales"]))
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeStorage(Storage):
+    """Block-wise low-bit codes (:class:`Quantized`) for large leaves, float32 below.
+
+    Attributes:
+      config: the user's :class:`Quantized` options.
+    """
+
+    config: Quantized = Quantized()
+
+    @property
+    def format(self) -> quantization.CodeFormat:
+        """The code format: signed for first moments, unsigned for real ones."""
+        return quantization.FORMATS[self.config.bits, not self.real]
+
+    @property
+    def block_size(self) -> int:  # type: ignore[override]
+        """Values per block."""
+        return self.config.block_size
+
+    def coded(self, shape):
+        """Leaves of at least ``min_size`` values, of one axis or more."""
+        return len(shape) >= 1 and int(np.prod(shape)) >= self.config.min_size
+
+    def init(self, param, initial_value=0.0):
+        """Codes for large leaves; float32 (complex64 for a complex m) below."""
+        if not self.coded(param.shape):
+            return super().init(param, initial_value)
+        if jnp.issubdtype(param.dtype, jnp.complexfloating):
+            raise TypeError("low-bit state holds real moments only; complex leaf")
+        value = super().init(param, initial_value)
+        return QuantizedArray(
+            *quantization.quantize_blockwise(value, self.format, self.block_size)
+        )
+
+    def _init_dtype(self, param):
+        # Leaves too small for codes keep float32 (complex64 for a complex m).
+        return FloatStorage(self.real, np.dtype(np.float32)).dtype_for(param.dtype)
+
+    def read(self, stored, shape):
+        """Decoded to float32."""
+        codes = _as_codes(stored)
+        if codes is None:
+            return super().read(stored, shape)
+        return quantization.dequantize_blockwise(
+            codes.codes, codes.scales, self.format, self.block_size, shape[-1]
+        )
+
+    def write(self, value, stored, *, count, leaf, slot, bound=None):
+        """Encoded with stochastic rounding, blocks sized from ``bound``."""
+        if _as_codes(stored) is None:
+            return value.astype(stored.dtype)
+        noise = quantization.rounding_noise(
+            value.shape, _salt(self.config.seed, count, leaf, slot)
+        )
+        return QuantizedArray(
+            *quantization.quantize_blockwise(
+                value,
+                self.format,
+                self.block_size,
+                bound=bound,
+                noise=noise,
+                runtime=count,
+            )
+        )
+
+    def block_abs_max(self, stored, shape, block_size):
+        """Exact, from the stored codes (two reductions of the bytes)."""
+        codes = _as_codes(stored)
+        if codes is None:
+            return super().block_abs_max(stored, shape, block_size)
+        return quantization.stored_abs_max(
+            codes.codes, codes.scales, self.format, block_size
+        )
+
+    def mismatch(self, stored, shape):
+        """Also checks the code layout, the block size and the format version."""
+        codes = _as_codes(stored)
+        if codes is None:
+            if self.coded(shape):
+                return (
+                    "holds a plain array but this transform stores low-bit codes "
+                    "there (mu_dtype/nu_dtype differ from the ones the state was "
+                    "built with)"
+                )
+            return super().mismatch(stored, shape)
+        if not self.coded(shape):
+            return (
+                "holds low-bit codes but this transform stores a plain array there "
+                "(mu_dtype/nu_dtype differ from the ones the state was built with)"
+            )
+        fmt = self.format
+        expected = (*shape[:-1], quantization.stored_length(shape[-1], fmt))
+        if tuple(codes.codes.shape) != expected:
+            return (
+                f"holds {fmt.bits}-bit codes shaped {tuple(codes.codes.shape)}, "
+                f"not {expected} for the update {tuple(shape)}"
+            )
+        blocks = quantization.num_blocks(shape[-1], self.block_size)
+        expected = (*shape[:-1], blocks)
+        if tuple(codes.scales.shape) != expected:
+            return (
+                f"has scales shaped {tuple(codes.scales.shape)}, not {expected} "
+                f"(block_size {self.block_size})"
+            )
+        if jnp.result_type(codes.scales) != jnp.int8:
+            return (
+                f"has {jnp.result_type(codes.scales)} scales: it was saved by adamx "
+                "0.2, whose 8-bit format 0.3 replaced; start the optimizer state "
+                "afresh (tx.init) and keep the parameters"
+            )
+        return None
+
+
 def resolve_storage(
     caller: str, arg: str, value: Any, *, real: bool = False
-) -> StateStorage:
+) -> Storage:
     """Validates a ``mu_dtype``/``nu_dtype`` argument once, when a transform is built.
 
-    Accepts None, a floating dtype, ``"int8"``, :class:`Quantized` or
-    :class:`StochasticRounding`.
+    Accepts None, a floating dtype, ``"int8"``, ``"int4"``, :class:`Quantized`
+    or :class:`StochasticRounding`.
 
     Raises:
       ValueError: naming the call, the argument and the value, when the value
@@ -272,31 +418,31 @@ def resolve_storage(
     """
     caller = caller_name(caller)
     if value is None:
-        return StateStorage(None, real)
+        return FloatStorage(real)
     if isinstance(value, Quantized):
-        return StateStorage(np.dtype(np.float32), real, quantized=value)
-    if isinstance(value, str) and value == "int8":
-        return StateStorage(np.dtype(np.float32), real, quantized=Quantized())
+        return CodeStorage(real, value)
+    if isinstance(value, str) and value in ("int8", "int4"):
+        return CodeStorage(real, Quantized(bits=int(value[3:])))
     if isinstance(value, StochasticRounding):
-        return StateStorage(np.dtype(jnp.bfloat16), real, stochastic=value)
+        return StochasticStorage(real, np.dtype(jnp.bfloat16), value.seed)
     try:
         dtype = np.dtype(jnp.dtype(value))
     except (TypeError, ValueError) as err:
         raise ValueError(
             f"{caller}({arg}={value!r}): unknown dtype; use a floating dtype, "
-            '"int8", adamx.Quantized(...) or adamx.StochasticRounding(...)'
+            '"int8", "int4", adamx.Quantized(...) or adamx.StochasticRounding(...)'
         ) from err
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(
             f"{caller}({arg}={value!r}): state must be stored in a floating dtype "
-            'such as float32 or bfloat16, or as "int8"'
+            'such as float32 or bfloat16, or as "int8" or "int4"'
         )
-    return StateStorage(dtype, real)
+    return FloatStorage(real, dtype)
 
 
 def moment_storages(
     caller: str, mu_dtype: Any, nu_dtype: Any
-) -> tuple[StateStorage, StateStorage]:
+) -> tuple[Storage, Storage]:
     """The storages of a first moment and a (real) second moment, validated."""
     return (
         resolve_storage(caller, "mu_dtype", mu_dtype),
@@ -311,8 +457,9 @@ def state_nbytes(state: Any) -> int:
     >>> params = jnp.zeros((64, 1024))
     >>> fp32 = adamx.scale_by_adam().init(params)
     >>> int8 = adamx.scale_by_adam(mu_dtype="int8", nu_dtype="int8").init(params)
-    >>> state_nbytes(fp32) / params.size, round(state_nbytes(int8) / params.size, 3)
-    (8.0, 2.031)
+    >>> int4 = adamx.scale_by_adam(mu_dtype="int4", nu_dtype="int4").init(params)
+    >>> [round(state_nbytes(s) / params.size, 3) for s in (fp32, int8, int4)]
+    [8.0, 2.016, 1.016]
     """
     return sum(
         int(np.prod(np.shape(x))) * np.dtype(jnp.result_type(x)).itemsize

@@ -80,7 +80,7 @@ MESH_AXES = ("data", "model")
 # float32 under "int8" (fewer than Quantized().min_size values).
 PARAMS = {
     "w": ((8, 2048), P("data", "model")),  # shard (4, 512): 2 blocks a row
-    "e": ((64, 256), P("model", None)),  # shard (16, 256): 1 block a row
+    "e": ((64, 256), P("model", None)),  # shard (16, 256): 2 blocks a row
     "b": ((4096,), P("model")),  # shard 1024: 4 blocks
     "c": ((512,), P("model")),
     "r": ((8, 8), P()),
@@ -414,9 +414,8 @@ def _device_bytes(tree, device) -> int:
 
 # ZeRO stage 1 on top of the parameters' own sharding: "data" joins each
 # moment's first unsplit axis that it divides, else (as the minor part) an
-# axis split already; "w" is split over "data" already. 8-bit "e" keeps scales
-# shaped (64, 1), which "data" cannot split, so codes and scales both split
-# their first axis further.
+# axis split already; "w" is split over "data" already. 8-bit "e" has scales
+# shaped (64, 2) (two blocks of 128 a row), which "data" splits like the codes.
 ZERO_ON_SHARDED = {
     "w": P("data", "model"),
     "e": P("model", "data"),
@@ -424,7 +423,9 @@ ZERO_ON_SHARDED = {
     "c": P(("model", "data")),
     "r": P("data", None),
 }
-ZERO_ON_SHARDED_INT8 = {"e": P(("model", "data"), None)}
+# Where 8-bit codes and scales would split otherwise than the parameter's
+# moment (none, at 128 values a block).
+ZERO_ON_SHARDED_INT8: dict[str, P] = {}
 # (transform, layout of the parameters): replicated is plain data
 # parallelism; sharded adds "data" to the parameters' PARAMS specs.
 ZERO_CASES = (

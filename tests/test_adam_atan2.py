@@ -306,7 +306,7 @@ ERRORS = [
         lambda: adam_atan2(1e-3, weight_decay=-0.1),
         "adam_atan2(weight_decay=-0.1): weight_decay must be >= 0",
     ),
-    (lambda: adam_atan2(1e-3, nu_dtype="int4"), "adam_atan2(nu_dtype="),
+    (lambda: adam_atan2(1e-3, nu_dtype="int2"), "adam_atan2(nu_dtype="),
 ]
 
 

@@ -484,8 +484,8 @@ def test_injected_hyperparameters_match_constants() -> None:
             "scale_by_ademamix(b1=1.5): b1 must be in [0, 1)",
         ),
         (
-            lambda: scale_by_ademamix(mu_dtype="int4"),
-            "scale_by_ademamix(mu_dtype='int4'): state must be stored in a floating",
+            lambda: scale_by_ademamix(mu_dtype="int2"),
+            "scale_by_ademamix(mu_dtype='int2'): state must be stored in a floating",
         ),
         (
             lambda: ademamix(1e-3, b2=-0.5),

@@ -55,7 +55,7 @@ QUICK_PARAMS = {
 # gradients read (4n), every state array read and written, and the int32 step
 # count (4 bytes) read and written where the state has one.
 N, COUNT = N_SINGLE, 8
-INT8_MOMENT = N + (N // 256) * 4  # uint8 codes + one float32 scale per block
+INT8_MOMENT = N + N // 128  # a byte a code + an int8 exponent per block of 128
 BYTES_PER_STEP = {
     "adamx.adam": 12 * N + 2 * (4 * N + 4 * N) + COUNT,
     "adamx.adamw": 12 * N + 2 * (4 * N + 4 * N) + COUNT,

@@ -130,11 +130,12 @@ def test_learns_the_digits(executed):
 
 def test_int8_state_layout_and_bytes(executed):
     out = stdout(executed)
-    # Leaves of 4096 values or more hold uint8 codes and one float32 scale per
-    # block of 256 along the last axis; smaller leaves stay float32.
-    assert re.search(r"\['Dense_1'\]\['kernel'\]\.codes\s+uint8\[256, 256\]", out)
-    assert re.search(r"\['Dense_1'\]\['kernel'\]\.scales\s+float32\[256, 1\]", out)
-    assert re.search(r"\['Dense_0'\]\['kernel'\]\.codes\s+uint8\[64, 256\]", out)
+    # Leaves of 4096 values or more hold 8-bit codes (signed for m, unsigned for
+    # v) and one int8 exponent per block of 128 along the last axis; smaller
+    # leaves stay float32.
+    assert re.search(r"\['Dense_1'\]\['kernel'\]\.codes\s+int8\[256, 256\]", out)
+    assert re.search(r"\['Dense_1'\]\['kernel'\]\.scales\s+int8\[256, 2\]", out)
+    assert re.search(r"\['Dense_0'\]\['kernel'\]\.codes\s+int8\[64, 256\]", out)
     assert re.search(r"\['Dense_2'\]\['kernel'\]\s+float32\[256, 10\]", out)
 
     kernels = {"Dense_0": (64, 256), "Dense_1": (256, 256), "Dense_2": (256, 10)}
@@ -143,7 +144,7 @@ def test_int8_state_layout_and_bytes(executed):
     count = 4  # the int32 step count
     fp32 = 2 * 4 * n_params + count
     big = [(a, b) for a, b in kernels.values() if a * b >= 4096]
-    per_moment = sum(a * b + 4 * a * (b // 256) for a, b in big)  # codes, scales
+    per_moment = sum(a * b + a * (b // 128) for a, b in big)  # codes, exponents
     per_moment += 4 * (n_params - sum(a * b for a, b in big))  # float32 leaves
     int8 = 2 * per_moment + count
     nbytes = dict(re.findall(r"(\w+) +state: +([\d,]+) bytes", out))

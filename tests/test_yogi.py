@@ -240,8 +240,8 @@ ERRORS = [
         "initial_accumulator_value must be >= 0",
     ),
     (
-        lambda: scale_by_yogi(nu_dtype="int4"),
-        "scale_by_yogi(nu_dtype='int4'): state must be stored in a floating dtype",
+        lambda: scale_by_yogi(nu_dtype="int2"),
+        "scale_by_yogi(nu_dtype='int2'): state must be stored in a floating dtype",
     ),
     (lambda: yogi(0.1, b1=-0.5), "yogi(b1=-0.5): b1 must be in [0, 1)"),
     (lambda: yogi(-0.1), "yogi(learning_rate=-0.1): learning_rate must be >= 0"),

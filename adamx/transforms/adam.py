@@ -161,6 +161,7 @@ def scale_by_adam(
         hyperparameters,
         leaf_update,
         signal=debiased_signal,
+        monotone=True,
     )
 
 

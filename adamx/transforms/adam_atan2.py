@@ -156,6 +156,7 @@ def scale_by_adam_atan2(
         hyperparameters,
         leaf_update,
         signal=debiased_signal,
+        monotone=True,
     )
 
     def init_fn(params):

@@ -123,6 +123,7 @@ def scale_by_adamax(
         hyperparameters,
         leaf_update,
         signal=_signal,
+        monotone=True,
     )
 
 

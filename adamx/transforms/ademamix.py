@@ -151,6 +151,7 @@ def scale_by_ademamix(
         hyperparameters,
         leaf_update,
         signal=lambda m, m_slow, v, **kw: debiased_signal(m, v, **kw),
+        monotone=True,
     )
 
 

@@ -173,6 +173,7 @@ def scale_by_amsgrad(
         hyperparameters,
         leaf_update,
         signal=lambda m, v, v_max, **kw: debiased_signal(m, v, **kw),
+        monotone=True,
     )
 
 

@@ -218,6 +218,7 @@ def scale_by_radam(
         hyperparameters,
         leaf_update,
         signal=debiased_signal,
+        monotone=True,
     )
 
 
