@@ -18,6 +18,7 @@ from adamx.sharding import abstract_state as abstract_state
 from adamx.sharding import state_shardings as state_shardings
 from adamx.storage import Quantized as Quantized
 from adamx.storage import QuantizedArray as QuantizedArray
+from adamx.storage import Rounded as Rounded
 from adamx.storage import StochasticRounding as StochasticRounding
 from adamx.storage import state_nbytes as state_nbytes
 from adamx.transforms.adam import ScaleByAdamState as ScaleByAdamState
@@ -63,6 +64,7 @@ __all__ = [
     "NonfiniteState",
     "Quantized",
     "QuantizedArray",
+    "Rounded",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
     "ScaleByAdemamixState",

@@ -37,8 +37,10 @@ def moment_transform(
     state_type: type[NamedTuple],
     storages: Sequence[Storage],
     hyperparameters: Mapping[str, Any],
-    leaf_update: LeafUpdate,
+    leaf_update: LeafUpdate | None = None,
     *,
+    moments: LeafUpdate | None = None,
+    direction: LeafUpdate | None = None,
     initial_values: Sequence[Any] | None = None,
     signal: LeafUpdate | None = None,
     monotone: bool = False,
@@ -56,7 +58,14 @@ def moment_transform(
         decay rates (named in ``DECAYS``) as :class:`adamx.numerics.Decay`.
       leaf_update: ``leaf_update(g, *moments, count=t, **hyperparameters) ->
         (update, *new_moments)``, all in the compute dtype; ``t`` is the
-        1-based step.
+        1-based step. For a variant whose update depends on more than the
+        gradient and the new moments (ADOPT normalizes by the old one).
+      moments: ``moments(g, *moments, count=t, **hyperparameters) ->
+        new_moments``; with ``direction``, in place of ``leaf_update``.
+      direction: ``direction(g, *new_moments, count=t, **hyperparameters) ->
+        update``. Declaring the two apart lets a storage that takes the step
+        from its stored (rounded) moments, :class:`adamx.Rounded`, have the
+        update recomputed from them.
       initial_values: the scalar each moment starts from, in the order of
         ``storages`` (a number, array or tracer); None starts every moment at
         zero.
@@ -65,7 +74,7 @@ def moment_transform(
         the new moments, for :func:`adamx.with_stats`; it is evaluated only on
         the steps that record statistics.
       monotone: the variant declares that each new moment, in magnitude, is
-        at most ``leaf_update`` applied to :math:`|g|` and the old moments'
+        at most ``moments`` applied to :math:`|g|` and the old moments'
         magnitudes (true of moving averages of :math:`g` and :math:`|g|^2`
         and of running maxima). Low-bit storage then sizes each block from
         that bound, evaluated on per-block maxima read cheaply from the stored
@@ -75,6 +84,21 @@ def moment_transform(
       The ``optax.GradientTransformation``.
     """
     caller = caller_name(caller)
+    if (leaf_update is None) == (moments is None or direction is None):
+        raise TypeError("moment_transform takes leaf_update, or moments and direction")
+    if leaf_update is None:
+
+        def leaf_update(g, *old, **kwargs):
+            new = moments(g, *old, **kwargs)
+            return (direction(g, *new, **kwargs), *new)
+
+    from_stored = [s.step_from_stored for s in storages]
+    if any(from_stored) and direction is None:
+        raise ValueError(
+            f"{caller}: adamx.Rounded storage takes the step from the stored "
+            f"moments, and {caller}'s step depends on more than its new moments; "
+            "use a plain dtype"
+        )
 
     def init_fn(params: optax.Params) -> NamedTuple:
         starts = (0.0,) * len(storages) if initial_values is None else initial_values
@@ -97,19 +121,25 @@ def moment_transform(
                 zip(storages, new, stored, bounds, strict=True)
             )
         ]
+        if any(from_stored):
+            new = [
+                s.read(w, g.shape) if s.step_from_stored else n
+                for s, w, n in zip(storages, written, new, strict=True)
+            ]
+            update = direction(g.astype(dtype), *new, count=count, **fixed, **traced)
         return update.astype(g.dtype), written
 
     def _block_bounds(g, stored, count, hyper):
         """Per-block bounds of the new moments' magnitudes, where they are cheap.
 
         For a ``monotone`` variant whose coded moments share one block size:
-        ``leaf_update`` applied to each block's max |g| and old max |moment|.
+        ``moments`` applied to each block's max |g| and old max |moment|.
         None elsewhere: the storage then takes the exact maximum.
         """
         none = [None] * len(storages)
         coded = [s for s in storages if s.coded(g.shape)]
         sizes = {s.block_size for s in coded}
-        if not monotone or len(sizes) != 1 or jnp.iscomplexobj(g):
+        if not (monotone and moments) or len(sizes) != 1 or jnp.iscomplexobj(g):
             return none
         (size,) = sizes
         largest = [
@@ -117,7 +147,7 @@ def moment_transform(
             for s, x in zip(storages, stored, strict=True)
         ]
         g_max = quantization.blocked_abs_max(g, size).astype(largest[0].dtype)
-        _, *bounds = leaf_update(g_max, *largest, count=count, **hyper)
+        bounds = moments(g_max, *largest, count=count, **hyper)
         return [
             b if s.coded(g.shape) else None
             for s, b in zip(storages, bounds, strict=True)
@@ -195,6 +225,40 @@ def moment_transform(
         return SignalSummary(total, largest, size)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def adam_moments(
+    g: jax.Array, m: jax.Array, v: jax.Array, *, b1: Any, b2: Any, **_: Any
+) -> tuple[jax.Array, jax.Array]:
+    r"""Adam's moments: moving averages of :math:`g` and of :math:`|g|^2`."""
+    return (
+        numerics.update_moment(m, g, b1),
+        numerics.update_moment(v, numerics.abs_sq(g), b2),
+    )
+
+
+def debiased_direction(
+    g: jax.Array,
+    m: jax.Array,
+    v: jax.Array,
+    *,
+    count: jax.Array,
+    b1: Any,
+    b2: Any,
+    eps: Any,
+    eps_root: Any,
+    **_: Any,
+) -> jax.Array:
+    r"""Adam's step :math:`\hat m / (\sqrt{\hat v + \epsilon_{root}} + \epsilon)`.
+
+    The moments are debiased by ``b1`` and ``b2`` at step ``count``.
+    """
+    return numerics.scaled_direction(
+        numerics.bias_correction(m, b1, count),
+        numerics.bias_correction(v, b2, count),
+        eps,
+        eps_root,
+    )
 
 
 def debiased_signal(

@@ -218,7 +218,7 @@ def _mix(x: jax.Array) -> jax.Array:
 def rounding_noise(shape: tuple[int, ...], salt: jax.Array) -> jax.Array:
     r"""Uniform uint32 noise for each position of ``shape``, given a scalar salt.
 
-    A Weyl sequence: the element's row-major index plus a hash of ``salt``,
+    A Weyl-style sequence: the element's row-major index, xor a hash of ``salt``,
     times an odd constant near :math:`2^{32}/\varphi`. Each element's noise
     is uniform over steps (the salt is mixed afresh every step) and
     neighbouring elements get well-spread values, for two integer operations
@@ -231,7 +231,7 @@ def rounding_noise(shape: tuple[int, ...], salt: jax.Array) -> jax.Array:
             stride % 2**32
         )
         stride *= shape[axis]
-    return (index + _mix(jnp.asarray(salt, jnp.uint32))) * jnp.uint32(0x9E3779B9)
+    return (index ^ _mix(jnp.asarray(salt, jnp.uint32))) * jnp.uint32(0x9E3779B9)
 
 
 def encode(y: jax.Array, fmt: CodeFormat, noise: jax.Array | None) -> jax.Array:

@@ -1,4 +1,4 @@
-"""Optimizer-state storage: what float32, bfloat16 and 8-bit moments cost and keep.
+"""Optimizer-state storage: what float32, bfloat16, 8- and 4-bit moments cost and keep.
 
 Run:  python examples/state_memory.py [--steps 300] [--out PNG] [--json [PATH]]
       python examples/state_memory.py --quick   # tiny sizes, 40 steps
@@ -9,8 +9,11 @@ moments, with the same initial parameters and the same minibatches:
 - ``fp32``: the default (moments follow the float32 parameters);
 - ``bf16``: ``mu_dtype=nu_dtype=jnp.bfloat16``, round to nearest;
 - ``bf16-sr``: ``mu_dtype=nu_dtype=adamx.StochasticRounding()``;
-- ``int8``: ``mu_dtype=nu_dtype="int8"``, block-wise dynamic 8-bit codes for
-  leaves of at least 4096 values (smaller leaves stay float32).
+- ``bf16-rd``: ``mu_dtype=nu_dtype=adamx.Rounded(jnp.bfloat16)``, the step
+  taken from the stored moments;
+- ``int8``: ``mu_dtype=nu_dtype="int8"``, block-wise 8-bit float codes for
+  leaves of at least 4096 values (smaller leaves stay float32);
+- ``int4``: ``mu_dtype=nu_dtype="int4"``, the same with 4-bit codes.
 
 Tasks:
 
@@ -24,15 +27,20 @@ Tasks:
 
 For each task it prints a table: final train loss (mean of the last 20
 steps), validation loss, their relative difference against fp32, state bytes
-per parameter (``adamx.state_nbytes(opt_state) / n_params``) and the median
-jitted step time (after warm-up, ``block_until_ready``) with its ratio to
-fp32 (every run's compiled step taken in turn, round after round, so that
-a change in the machine's load falls on all alike). A reference row
-``fp32 seed+1`` trains fp32 from a different initialization on the same
-batches: how far two ordinary float32 runs land apart, to read the other rows
-against (left out with ``--quick`` unless ``--reference`` is given). The
-targets (int8 within 2% of fp32, bfloat16 within 1%) are reported, not
-asserted.
+per parameter (``adamx.state_nbytes(opt_state) / n_params``), the temporaries
+of the optimizer step alone (``tx.update`` and ``optax.apply_updates``,
+jitted with the parameters and the state donated:
+``compiled.memory_analysis().temp_size_in_bytes / n_params``), and the median
+jitted training step time (forward, backward and optimizer; after warm-up,
+``block_until_ready``) with its ratio to fp32 (every run's compiled step
+taken in turn, round after round, so that a change in the machine's load
+falls on all alike). A reference row ``fp32 seed+1`` trains fp32 from a
+different initialization on the same batches: how far two ordinary float32
+runs land apart, the noise to read the other rows against (left out with
+``--quick`` unless ``--reference`` is given). The targets (8-bit and
+bfloat16 within 1% of fp32, 4-bit within 2%) are reported, not asserted: a
+row is "met" inside its target, "in noise" outside it but no farther from
+fp32 than the seed+1 run, and "missed" beyond both.
 """
 
 from __future__ import annotations
@@ -67,10 +75,15 @@ KINDS: dict[str, dict[str, Any]] = {
         "mu_dtype": adamx.StochasticRounding(),
         "nu_dtype": adamx.StochasticRounding(),
     },
+    "bf16-rd": {
+        "mu_dtype": adamx.Rounded(jnp.bfloat16),
+        "nu_dtype": adamx.Rounded(jnp.bfloat16),
+    },
     "int8": {"mu_dtype": "int8", "nu_dtype": "int8"},
+    "int4": {"mu_dtype": "int4", "nu_dtype": "int4"},
 }
 # Relative tolerance on the final train loss against fp32 that each kind aims for.
-TARGETS = {"bf16": 0.01, "bf16-sr": 0.01, "int8": 0.02}
+TARGETS = {"bf16": 0.01, "bf16-sr": 0.01, "bf16-rd": 0.01, "int8": 0.01, "int4": 0.02}
 REFERENCE = "fp32 seed+1"
 TAIL = 20  # final train loss: mean of this many last steps
 WARMUP = 2  # untimed rounds of steps before the timed ones
@@ -299,6 +312,17 @@ def train(task: Task, kind: str, storage: dict[str, Any], params: Any) -> dict:
     n_params = sum(int(np.size(x)) for x in jax.tree.leaves(params))
     state_bytes = adamx.state_nbytes(opt_state)
 
+    def opt_step(params, opt_state, grads):
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    compiled = (
+        jax.jit(opt_step, donate_argnums=(0, 1))
+        .lower(params, opt_state, params)
+        .compile()
+    )
+    temp_bytes = compiled.memory_analysis().temp_size_in_bytes
+
     def timer() -> float:
         start = time.perf_counter()
         jax.block_until_ready(step(params, opt_state, task.batches[-1]))
@@ -312,6 +336,7 @@ def train(task: Task, kind: str, storage: dict[str, Any], params: Any) -> dict:
         "n_params": n_params,
         "state_bytes": state_bytes,
         "bytes_per_param": state_bytes / n_params,
+        "step_temp_bytes_per_param": temp_bytes / n_params,
         "run_s": seconds,  # the whole run, compilation included
         "timer": timer,
     }
@@ -339,36 +364,55 @@ def run_task(task: Task, reference: bool) -> list[dict]:
         row["train_rel"] = row["train_loss"] / base["train_loss"] - 1.0
         row["val_rel"] = row["val_loss"] / base["val_loss"] - 1.0
         row["time_ratio"] = row["step_ms"] / base["step_ms"]
+    spread = [abs(r["train_rel"]) for r in rows if r["kind"] == REFERENCE]
+    for row in rows:
         target = TARGETS.get(row["kind"])
         row["target"] = target
+        row["seed_spread"] = spread[0] if spread else None
         row["meets_target"] = (
             None if target is None else abs(row["train_rel"]) <= target
         )
+        row["verdict"] = verdict(row)
     return rows
+
+
+def verdict(row: dict) -> str | None:
+    """The row's verdict: met, in noise (within the fp32 seed spread) or missed."""
+    if row["target"] is None:
+        return None
+    if row["meets_target"]:
+        return "met"
+    spread = row["seed_spread"]
+    if spread is not None and abs(row["train_rel"]) <= spread:
+        return "in noise"
+    return "missed"
 
 
 def format_table(task: Task, rows: list[dict]) -> str:
     header = (
         f"{'storage':12s} {'train loss':>10s} {'val loss':>9s} {'Δtrain':>8s} "
-        f"{'Δval':>8s} {'target':>12s} {'B/param':>8s} {'step ms':>8s} {'× fp32':>7s}"
+        f"{'Δval':>8s} {'target':>15s} {'B/param':>8s} {'temp B/p':>8s} "
+        f"{'step ms':>8s} {'× fp32':>7s}"
     )
     lines = [f"{task.name}: {task.description}", header, "-" * len(header)]
     for r in rows:
-        if r["target"] is None:
-            target = "-"
-        else:
-            verdict = "met" if r["meets_target"] else "MISSED"
-            target = f"±{100 * r['target']:.0f}% {verdict}"
+        target = (
+            "-" if r["target"] is None else f"±{100 * r['target']:.0f}% {r['verdict']}"
+        )
         lines.append(
             f"{r['kind']:12s} {r['train_loss']:10.5f} {r['val_loss']:9.5f} "
             f"{100 * r['train_rel']:+7.2f}% {100 * r['val_rel']:+7.2f}% "
-            f"{target:>12s} {r['bytes_per_param']:8.3f} {r['step_ms']:8.2f} "
+            f"{target:>15s} {r['bytes_per_param']:8.3f} "
+            f"{r['step_temp_bytes_per_param']:8.2f} {r['step_ms']:8.2f} "
             f"{r['time_ratio']:7.2f}"
         )
     n = rows[0]["n_params"]
+    spread = rows[0]["seed_spread"]
+    noise = "" if spread is None else f"; fp32 seed-to-seed spread {100 * spread:.2f}%"
     lines.append(
         f"({n} parameters; Δ = relative difference of the loss against fp32; "
-        f"train loss = mean of the last {TAIL} steps)"
+        f"train loss = mean of the last {TAIL} steps{noise}; temp B/p = the "
+        "optimizer step's temporaries per parameter)"
     )
     return "\n".join(lines)
 

@@ -15,14 +15,14 @@ import runpy
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-KINDS = ("fp32", "bf16", "bf16-sr", "int8")
+KINDS = ("fp32", "bf16", "bf16-sr", "bf16-rd", "int8", "int4")
 TASKS = ("digits MLP", "byte transformer LM")
 # Starting losses: log(10) for 10 digit classes, log(256) for bytes; each run
 # must end well below them.
 CHANCE = {"digits MLP": math.log(10), "byte transformer LM": math.log(256)}
 # Bytes per stored value of one moment (two moments per parameter, plus a few
 # int32 step counters in the whole state).
-BYTES = {"fp32": 4, "bf16": 2, "bf16-sr": 2}
+BYTES = {"fp32": 4, "bf16": 2, "bf16-sr": 2, "bf16-rd": 2}
 COUNTERS = 64
 
 
@@ -43,6 +43,7 @@ def run(tmp_path_factory):
         "results": results,
         "png": png,
         "json": numbers,
+        "verdict": namespace["verdict"],
     }
 
 
@@ -87,8 +88,11 @@ def test_losses_finite_learned_and_near_fp32(run, task, kind):
     assert row["train_loss"] < 0.8 * CHANCE[task]
     assert row["val_loss"] < 0.8 * CHANCE[task]
     # Generous: the same model, data and batches; only the state storage differs.
-    assert abs(row["train_loss"] - base["train_loss"]) <= 0.05 * base["train_loss"]
-    assert abs(row["val_loss"] - base["val_loss"]) <= 0.05 * base["val_loss"]
+    # 4-bit moments lag early on: after these 40 steps the LM's int4 loss was
+    # measured 5.6% above fp32 (after 300 steps of the default run, +0.05%).
+    near = 0.10 if kind == "int4" else 0.05
+    assert abs(row["train_loss"] - base["train_loss"]) <= near * base["train_loss"]
+    assert abs(row["val_loss"] - base["val_loss"]) <= near * base["val_loss"]
     mean_train = sum(row["losses"][-20:]) / 20
     assert row["train_loss"] == pytest.approx(mean_train, rel=1e-12)
 
@@ -102,8 +106,35 @@ def test_state_bytes_per_parameter(run, task, kind):
     assert row["bytes_per_param"] == pytest.approx(row["state_bytes"] / n)
     if kind in BYTES:
         assert 0 <= row["state_bytes"] - 2 * BYTES[kind] * n <= COUNTERS
-    else:
-        # 8-bit leaves take 1 byte a value plus a float32 scale per 256 values;
+    elif kind == "int8":
+        # 8-bit leaves take 1 byte a value plus an int8 exponent per 128 values;
         # leaves under 4096 values stay float32, so int8 lies between the two.
-        assert 2 * n * (1 + 4 / 256) < row["state_bytes"] < rows["bf16"]["state_bytes"]
+        assert 2 * n * (1 + 1 / 128) < row["state_bytes"] < rows["bf16"]["state_bytes"]
+    else:  # 4-bit: half a byte a value, and the same float32 small leaves
+        assert 2 * n * (0.5 + 1 / 128) < row["state_bytes"]
+        assert row["state_bytes"] < rows["int8"]["state_bytes"]
     assert row["step_ms"] > 0 and math.isfinite(row["time_ratio"])
+    assert row["step_temp_bytes_per_param"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("rel", "spread", "expected"),
+    [
+        (0.005, None, "met"),
+        (-0.02, None, "missed"),
+        (0.02, 0.03, "in noise"),
+        (-0.02, 0.03, "in noise"),
+        (0.05, 0.03, "missed"),
+    ],
+)
+def test_verdict_reads_a_change_against_the_target_and_the_seed_spread(
+    run, rel, spread, expected
+):
+    row = {"target": 0.01, "train_rel": rel, "seed_spread": spread}
+    row["meets_target"] = abs(rel) <= row["target"]
+    assert run["verdict"](row) == expected
+    assert run["verdict"]({**row, "target": None}) is None
+
+
+def test_no_row_is_printed_as_missed_in_capitals(run):
+    assert "MISSED" not in run["stdout"]

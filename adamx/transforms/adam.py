@@ -11,7 +11,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
 from adamx._alias import optimizer_from
-from adamx._transform import debiased_signal, moment_transform
+from adamx._transform import adam_moments, debiased_signal, moment_transform
 from adamx._validation import check_hyperparameters
 from adamx.storage import moment_storages
 
@@ -142,9 +142,7 @@ def scale_by_adam(
     check_hyperparameters(caller, **hyperparameters)
     storages = moment_storages(caller, mu_dtype, nu_dtype)
 
-    def leaf_update(g, m, v, *, count, b1, b2, eps, eps_root):
-        m = numerics.update_moment(m, g, b1)
-        v = numerics.update_moment(v, numerics.abs_sq(g), b2)
+    def direction(g, m, v, *, count, b1, b2, eps, eps_root):
         if nesterov:
             m_hat = numerics.nesterov_momentum(m, g, b1, count)
         else:
@@ -152,14 +150,15 @@ def scale_by_adam(
         v_hat = numerics.bias_correction(v, b2, count)
         if epsilon_hat:
             eps, eps_root = numerics.epsilon_hat(eps, eps_root, b2, count)
-        return numerics.scaled_direction(m_hat, v_hat, eps, eps_root), m, v
+        return numerics.scaled_direction(m_hat, v_hat, eps, eps_root)
 
     return moment_transform(
         caller,
         ScaleByAdamState,
         storages,
         hyperparameters,
-        leaf_update,
+        moments=adam_moments,
+        direction=direction,
         signal=debiased_signal,
         monotone=True,
     )

@@ -12,7 +12,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
 from adamx._alias import make_optimizer
-from adamx._transform import debiased_signal, moment_transform
+from adamx._transform import adam_moments, debiased_signal, moment_transform
 from adamx._validation import caller_name, check_hyperparameters
 from adamx.storage import moment_storages
 from adamx.transforms.adam import ScaleByAdamState
@@ -142,19 +142,18 @@ def scale_by_adam_atan2(
     check_hyperparameters(caller, **hyperparameters)
     storages = moment_storages(caller, mu_dtype, nu_dtype)
 
-    def leaf_update(g, m, v, *, count, b1, b2, a, b, eps_root):
-        m = numerics.update_moment(m, g, b1)
-        v = numerics.update_moment(v, numerics.abs_sq(g), b2)
+    def direction(g, m, v, *, count, b1, b2, a, b, eps_root):
         m_hat = numerics.bias_correction(m, b1, count)
         v_hat = numerics.bias_correction(v, b2, count)
-        return a * jnp.arctan2(m_hat, b * jnp.sqrt(v_hat + eps_root)), m, v
+        return a * jnp.arctan2(m_hat, b * jnp.sqrt(v_hat + eps_root))
 
     inner = moment_transform(
         caller,
         ScaleByAdamState,
         storages,
         hyperparameters,
-        leaf_update,
+        moments=adam_moments,
+        direction=direction,
         signal=debiased_signal,
         monotone=True,
     )

@@ -111,17 +111,20 @@ def scale_by_adamax(
     check_hyperparameters(caller, **hyperparameters)
     storages = moment_storages(caller, mu_dtype, nu_dtype)
 
-    def leaf_update(g, m, u, *, count, b1, b2, eps):
+    def moments(g, m, u, *, b1, b2, eps, **_):
         m = numerics.update_moment(m, g, b1)
-        u = jnp.maximum(b2.rate * u, jnp.abs(g) + eps)
-        return numerics.bias_correction(m, b1, count) / u, m, u
+        return m, jnp.maximum(b2.rate * u, jnp.abs(g) + eps)
+
+    def direction(g, m, u, *, count, b1, **_):
+        return numerics.bias_correction(m, b1, count) / u
 
     return moment_transform(
         caller,
         ScaleByAdamaxState,
         storages,
         hyperparameters,
-        leaf_update,
+        moments=moments,
+        direction=direction,
         signal=_signal,
         monotone=True,
     )

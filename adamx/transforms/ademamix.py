@@ -12,7 +12,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
 from adamx._alias import make_optimizer
-from adamx._transform import debiased_signal, moment_transform
+from adamx._transform import adam_moments, debiased_signal, moment_transform
 from adamx._validation import check_hyperparameters
 from adamx.storage import moment_storages
 
@@ -135,21 +135,23 @@ def scale_by_ademamix(
     mu_storage, nu_storage = moment_storages(caller, mu_dtype, nu_dtype)
     storages = (mu_storage, mu_storage, nu_storage)
 
-    def leaf_update(g, m, m_slow, v, *, count, b1, b2, b3, alpha, eps, eps_root):
-        m = numerics.update_moment(m, g, b1)
-        m_slow = numerics.update_moment(m_slow, g, b3)
-        v = numerics.update_moment(v, numerics.abs_sq(g), b2)
+    def moments(g, m, m_slow, v, *, b1, b2, b3, **_):
+        m, v = adam_moments(g, m, v, b1=b1, b2=b2)
+        return m, numerics.update_moment(m_slow, g, b3), v
+
+    def direction(g, m, m_slow, v, *, count, b1, b2, alpha, eps, eps_root, **_):
         m_hat = numerics.bias_correction(m, b1, count)
         v_hat = numerics.bias_correction(v, b2, count)
         mixed = m_hat + alpha * m_slow
-        return numerics.scaled_direction(mixed, v_hat, eps, eps_root), m, m_slow, v
+        return numerics.scaled_direction(mixed, v_hat, eps, eps_root)
 
     return moment_transform(
         caller,
         ScaleByAdemamixState,
         storages,
         hyperparameters,
-        leaf_update,
+        moments=moments,
+        direction=direction,
         signal=lambda m, m_slow, v, **kw: debiased_signal(m, v, **kw),
         monotone=True,
     )

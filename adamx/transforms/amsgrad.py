@@ -12,7 +12,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
 from adamx._alias import make_optimizer
-from adamx._transform import debiased_signal, moment_transform
+from adamx._transform import adam_moments, debiased_signal, moment_transform
 from adamx._validation import caller_name, check_hyperparameters
 from adamx.storage import moment_storages
 
@@ -147,31 +147,33 @@ def scale_by_amsgrad(
         )
     raw_max = max_of == "raw" or not debias
 
-    def leaf_update(g, m, v, v_max, *, count, b1, b2, eps, eps_root):
-        m = numerics.update_moment(m, g, b1)
-        v = numerics.update_moment(v, numerics.abs_sq(g), b2)
+    def moments(g, m, v, v_max, *, count, b1, b2, **_):
+        m, v = adam_moments(g, m, v, b1=b1, b2=b2)
+        corrected = v if raw_max else numerics.bias_correction(v, b2, count)
+        return m, v, jnp.maximum(v_max, corrected)
+
+    def direction(g, m, v, v_max, *, count, b1, b2, eps, eps_root):
         if nesterov and debias:
             m_hat = numerics.nesterov_momentum(m, g, b1, count)
         elif nesterov:
             m_hat = numerics.update_moment(m, g, b1)
         else:
             m_hat = numerics.bias_correction(m, b1, count) if debias else m
-        if raw_max:
-            v_max = jnp.maximum(v_max, v)
-            v_hat = numerics.bias_correction(v_max, b2, count) if debias else v_max
+        if raw_max and debias:
+            v_hat = numerics.bias_correction(v_max, b2, count)
         else:
-            v_max = jnp.maximum(v_max, numerics.bias_correction(v, b2, count))
             v_hat = v_max
         if epsilon_hat:
             eps, eps_root = numerics.epsilon_hat(eps, eps_root, b2, count)
-        return numerics.scaled_direction(m_hat, v_hat, eps, eps_root), m, v, v_max
+        return numerics.scaled_direction(m_hat, v_hat, eps, eps_root)
 
     return moment_transform(
         caller,
         ScaleByAmsgradState,
         storages,
         hyperparameters,
-        leaf_update,
+        moments=moments,
+        direction=direction,
         signal=lambda m, v, v_max, **kw: debiased_signal(m, v, **kw),
         monotone=True,
     )

@@ -118,23 +118,26 @@ def scale_by_belief(
     check_hyperparameters(caller, **hyperparameters)
     storages = moment_storages(caller, mu_dtype, nu_dtype)
 
-    def leaf_update(g, m, s, *, count, b1, b2, eps, eps_root):
+    def moments(g, m, s, *, b1, b2, eps_root, **_):
         m = numerics.update_moment(m, g, b1)
-        s = numerics.update_moment(s, numerics.abs_sq(g - m), b2) + eps_root
+        return m, numerics.update_moment(s, numerics.abs_sq(g - m), b2) + eps_root
+
+    def direction(g, m, s, *, count, b1, b2, eps, **_):
         if nesterov:
             m_hat = numerics.nesterov_momentum(m, g, b1, count)
         else:
             m_hat = numerics.bias_correction(m, b1, count)
         s_hat = numerics.bias_correction(s, b2, count)
         # eps_root is already inside s, so none is added under the root again.
-        return numerics.scaled_direction(m_hat, s_hat, eps, 0.0), m, s
+        return numerics.scaled_direction(m_hat, s_hat, eps, 0.0)
 
     return moment_transform(
         caller,
         ScaleByBeliefState,
         storages,
         hyperparameters,
-        leaf_update,
+        moments=moments,
+        direction=direction,
         signal=debiased_signal,
     )
 

@@ -12,7 +12,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
 from adamx._alias import make_optimizer
-from adamx._transform import debiased_signal, moment_transform
+from adamx._transform import adam_moments, debiased_signal, moment_transform
 from adamx._validation import caller_name, check_hyperparameters
 from adamx.storage import moment_storages
 from adamx.transforms.adam import ScaleByAdamState
@@ -195,9 +195,7 @@ def scale_by_radam(
     check_hyperparameters(caller, **hyperparameters)
     storages = moment_storages(caller, mu_dtype, nu_dtype)
 
-    def leaf_update(g, m, v, *, count, b1, b2, eps, eps_root, threshold):
-        m = numerics.update_moment(m, g, b1)
-        v = numerics.update_moment(v, numerics.abs_sq(g), b2)
+    def direction(g, m, v, *, count, b1, b2, eps, eps_root, threshold):
         if nesterov:
             m_hat = numerics.nesterov_momentum(m, g, b1, count)
         else:
@@ -209,14 +207,15 @@ def scale_by_radam(
         # 1 where unused, so the branch not taken holds no NaN for gradients.
         r = jnp.sqrt(jnp.where(rectify, ratio, 1.0))
         adaptive = r * numerics.scaled_direction(m_hat, v_hat, eps, eps_root)
-        return jnp.where(rectify, adaptive, m_hat), m, v
+        return jnp.where(rectify, adaptive, m_hat)
 
     return moment_transform(
         caller,
         ScaleByAdamState,
         storages,
         hyperparameters,
-        leaf_update,
+        moments=adam_moments,
+        direction=direction,
         signal=debiased_signal,
         monotone=True,
     )

@@ -12,7 +12,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
 from adamx._alias import make_optimizer
-from adamx._transform import debiased_signal, moment_transform
+from adamx._transform import debiased_direction, debiased_signal, moment_transform
 from adamx._validation import check_hyperparameters
 from adamx.storage import moment_storages
 
@@ -122,20 +122,18 @@ def scale_by_yogi(
     )
     storages = moment_storages(caller, mu_dtype, nu_dtype)
 
-    def leaf_update(g, m, v, *, count, b1, b2, eps, eps_root):
+    def moments(g, m, v, *, b1, b2, **_):
         m = numerics.update_moment(m, g, b1)
         g_sq = numerics.abs_sq(g)
-        v = v - b2.complement * jnp.sign(v - g_sq) * g_sq
-        m_hat = numerics.bias_correction(m, b1, count)
-        v_hat = numerics.bias_correction(v, b2, count)
-        return numerics.scaled_direction(m_hat, v_hat, eps, eps_root), m, v
+        return m, v - b2.complement * jnp.sign(v - g_sq) * g_sq
 
     return moment_transform(
         caller,
         ScaleByYogiState,
         storages,
         hyperparameters,
-        leaf_update,
+        moments=moments,
+        direction=debiased_direction,
         initial_values=(initial_accumulator_value, initial_accumulator_value),
         signal=debiased_signal,
     )
