@@ -110,7 +110,9 @@ def moment_transform(
 
     def leaf_step(g, stored, count, traced, leaf, *, fixed):
         dtype = numerics.compute_dtype(g.dtype)
-        moments = [s.read(x, g.shape) for s, x in zip(storages, stored, strict=True)]
+        moments = [
+            s.read(x, g.shape, count) for s, x in zip(storages, stored, strict=True)
+        ]
         update, *new = leaf_update(
             g.astype(dtype), *moments, count=count, **fixed, **traced
         )

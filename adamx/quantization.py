@@ -367,10 +367,16 @@ def dequantize_blockwise(
     fmt: CodeFormat,
     block_size: int,
     length: int,
+    runtime: jax.Array | None = None,
 ) -> jax.Array:
-    """The float32 values that :func:`quantize_blockwise` encoded."""
+    """The float32 values that :func:`quantize_blockwise` encoded.
+
+    ``runtime`` as in :func:`quantize_blockwise`: the block scales are then
+    computed once per block.
+    """
     values = decode(_unpack(codes, fmt, length), fmt)
-    return values * per_value(exponent_scale(exponents), block_size, length)
+    scale = _per_block(exponent_scale, exponents, runtime)
+    return values * per_value(scale, block_size, length)
 
 
 def stored_abs_max(

@@ -205,8 +205,10 @@ class Storage:
     def _init_dtype(self, param: jax.Array) -> np.dtype:
         raise NotImplementedError
 
-    def read(self, stored: Any, shape: tuple[int, ...]) -> jax.Array:
-        """The stored leaf in its compute dtype."""
+    def read(
+        self, stored: Any, shape: tuple[int, ...], count: jax.Array | None = None
+    ) -> jax.Array:
+        """The stored leaf in its compute dtype (``count``: the step, if known)."""
         return stored.astype(numerics.compute_dtype(stored.dtype))
 
     def write(
@@ -375,13 +377,13 @@ class CodeStorage(Storage):
         # Leaves too small for codes keep float32 (complex64 for a complex m).
         return FloatStorage(self.real, np.dtype(np.float32)).dtype_for(param.dtype)
 
-    def read(self, stored, shape):
+    def read(self, stored, shape, count=None):
         """Decoded to float32."""
         codes = _as_codes(stored)
         if codes is None:
             return super().read(stored, shape)
         return quantization.dequantize_blockwise(
-            codes.codes, codes.scales, self.format, self.block_size, shape[-1]
+            codes.codes, codes.scales, self.format, self.block_size, shape[-1], count
         )
 
     def write(self, value, stored, *, count, leaf, slot, bound=None):
