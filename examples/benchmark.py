@@ -54,6 +54,15 @@ case's total size: the best of a triad ``b = b + s*c`` (12 bytes per value)
 and a kernel with Adam's traffic, ``p, m, v = p + g, m + g, v + g`` (read 4
 arrays, write 3: 28 bytes per value), both jitted with donation.
 
+Storage kinds (:data:`STORAGE_KINDS`): ``adamx.adam``'s step on one leaf of
+``--storage-size`` values (default 10,485,760) with float32, bfloat16,
+``adamx.Rounded(jnp.bfloat16)``, 8-bit and 4-bit moments, every kind's
+compiled step taken in turn, round after round (``--repeats`` rounds), so
+that drift on a shared machine falls on all alike. For each: the median
+step time and its ratio to float32, the step's temporaries
+(``compiled.memory_analysis().temp_size_in_bytes``) and the stored state,
+both per parameter.
+
 Prints the machine and a markdown table (case, optimizer, compile s, step ms,
 GB/s, % of the ceiling, × optax.adam in step and compile time), then each
 optimizer's ``many`` step time over its ``single_10m`` one. Writes every
@@ -117,6 +126,20 @@ TORCH_OPTIMIZERS: list[tuple[str, dict[str, Any]]] = [
     ("torch.adam-foreach", {"foreach": True}),
 ]
 CASES = ("single", "single_10m", "many", "transformer")
+# Storage kinds of adamx.adam's moments, compared step by step (run_storage).
+STORAGE_KINDS: list[tuple[str, dict[str, Any]]] = [
+    ("float32", {}),
+    ("bf16", {"mu_dtype": jnp.bfloat16, "nu_dtype": jnp.bfloat16}),
+    (
+        "bf16 Rounded",
+        {
+            "mu_dtype": adamx.Rounded(jnp.bfloat16),
+            "nu_dtype": adamx.Rounded(jnp.bfloat16),
+        },
+    ),
+    ("int8", {"mu_dtype": "int8", "nu_dtype": "int8"}),
+    ("int4", {"mu_dtype": "int4", "nu_dtype": "int4"}),
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +157,7 @@ class Sizes:
 
 FULL = Sizes(100_000_000, 10_000_000, 1000, 10_000, 24, 512, 32_000)
 QUICK = Sizes(8192, 4096, 8, 512, 1, 16, 128)
+STORAGE_SIZE = {"full": 10_485_760, "quick": 16_384}
 
 
 # ------------------------------------------------------------------------- cases
@@ -248,6 +272,67 @@ def run_jax(
         "bytes_per_step": moved,
         "times_s": times,
     }
+
+
+def run_storage(size: int, repeats: int, seed: int) -> list[dict[str, Any]]:
+    """adamx.adam's step with each storage kind on one leaf, interleaved.
+
+    Every kind's compiled, donated step runs once per round, round after
+    round, so that a change in the machine's load falls on all alike; the
+    step time is the median over ``repeats`` rounds after ``WARMUP``. Step
+    temporaries are ``compiled.memory_analysis().temp_size_in_bytes``.
+    """
+    params = materialize({"w": _f32(size)}, seed, 1.0)
+    grads = materialize({"w": _f32(size)}, seed + 1, 1e-3)
+    runs = []
+    for name, storage in STORAGE_KINDS:
+        tx = adamx.adam(LEARNING_RATE, **storage)
+        own = jax.block_until_ready(jax.tree.map(jnp.copy, params))
+        state = jax.block_until_ready(tx.init(own))
+        compiled = make_step(tx).lower(own, state, grads).compile()
+        temp = compiled.memory_analysis().temp_size_in_bytes
+        runs.append([name, compiled, own, state, temp, []])
+    for round_ in range(WARMUP + repeats):
+        for run in runs:
+            _, compiled, own, state, _, times = run
+            before = time.perf_counter()
+            run[2], run[3] = jax.block_until_ready(compiled(own, state, grads))
+            if round_ >= WARMUP:
+                times.append(time.perf_counter() - before)
+    rows = []
+    for name, _, own, state, temp, times in runs:
+        rows.append(
+            {
+                "storage": name,
+                "n_params": size,
+                "step_ms": 1e3 * statistics.median(times),
+                "times_s": times,
+                "state_bytes_per_param": adamx.state_nbytes(state) / size,
+                "temp_bytes_per_param": temp / size,
+                "bytes_per_step": 2 * nbytes(own) + nbytes(grads) + 2 * nbytes(state),
+            }
+        )
+    for row in rows:
+        row["step_vs_float32"] = row["step_ms"] / rows[0]["step_ms"]
+    return rows
+
+
+def format_storage(rows: list[dict[str, Any]]) -> str:
+    """The storage comparison as a markdown table."""
+    lines = [
+        f"adamx.adam on one leaf of {rows[0]['n_params']:,} values, storage kinds "
+        "interleaved step by step:",
+        "",
+        "| state | step ms | × float32 | step temporaries B/param "
+        "| stored state B/param |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['storage']} | {r['step_ms']:.2f} | {r['step_vs_float32']:.2f} "
+            f"| {r['temp_bytes_per_param']:.2f} | {r['state_bytes_per_param']:.3f} |"
+        )
+    return "\n".join(lines)
 
 
 def run_torch(
@@ -541,6 +626,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             " with --quick)",
         )
     parser.add_argument(
+        "--storage-size",
+        type=int,
+        default=None,
+        help=f"values of the storage comparison's leaf, default "
+        f"{STORAGE_SIZE['full']} ({STORAGE_SIZE['quick']} with --quick); 0 skips it",
+    )
+    parser.add_argument(
         "--json", type=pathlib.Path, default=pathlib.Path("outputs/benchmark.json")
     )
     parser.add_argument(
@@ -584,6 +676,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows, ceilings = [], {}
         for case in cases:
             rows += run_case(case, sizes, args, only, torch, ceilings)
+        storage_size = args.storage_size
+        if storage_size is None:
+            storage_size = STORAGE_SIZE["quick" if args.quick else "full"]
+        storage = []
+        if storage_size:
+            _progress(f"storage kinds, {storage_size:,} values")
+            storage = run_storage(storage_size, args.repeats, args.seed)
     finally:
         jax.config.update("jax_enable_compilation_cache", previous_cache)
         if torch is not None:
@@ -593,6 +692,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     print()
     print(format_table(rows, ceilings))
+    if storage:
+        print()
+        print(format_storage(storage))
     plot(rows, cases, args.png)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     result = {
@@ -613,6 +715,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "ceilings": ceilings,
         "rows": rows,
+        "storage": storage,
         "wall_s": wall_s,
         "load_average_at_end": _load_average(),
         "peak_rss_gib": _peak_rss_gib(),

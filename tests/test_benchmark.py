@@ -14,7 +14,9 @@ import json
 import math
 import os
 import pathlib
+import re
 import runpy
+import statistics
 import struct
 
 import jax
@@ -349,3 +351,39 @@ def test_jitted_donated_step_matches_plain_update(name):
         rtol = max(1e-6, float(jnp.finfo(e.dtype).eps))
         atol = 1e-6 * float(np.max(np.abs(e64)))
         np.testing.assert_allclose(a64, e64, rtol=rtol, atol=atol)
+
+
+# The storage comparison: adamx.adam with every storage kind on one leaf of
+# the --quick size (16,384 values: 128 blocks of 128), interleaved.
+STORAGE_N = 16_384
+STORAGE_BYTES = {  # the state's bytes per parameter, counted by hand
+    "float32": 8,
+    "bf16": 4,
+    "bf16 Rounded": 4,
+    "int8": 2 * (1 + 1 / 128),
+    "int4": 2 * (0.5 + 1 / 128),
+}
+
+
+def test_storage_rows_cover_every_kind_with_bytes_counted_by_hand(run):
+    storage = run["json"]["storage"]
+    assert [r["storage"] for r in storage] == list(STORAGE_BYTES)
+    for row in storage:
+        want = STORAGE_BYTES[row["storage"]] + 4 / STORAGE_N  # + the int32 count
+        assert row["n_params"] == STORAGE_N
+        assert row["state_bytes_per_param"] == pytest.approx(want)
+        assert row["temp_bytes_per_param"] >= 0
+        assert len(row["times_s"]) == 2 and all(t > 0 for t in row["times_s"])
+        assert row["step_ms"] == pytest.approx(1e3 * statistics.median(row["times_s"]))
+        base = storage[0]["step_ms"]
+        assert row["step_vs_float32"] == pytest.approx(row["step_ms"] / base)
+
+
+def test_storage_table_is_printed(run):
+    for row in run["json"]["storage"]:
+        cells = (
+            rf"\| {re.escape(row['storage'])} \| {row['step_ms']:.2f} \| "
+            rf"{row['step_vs_float32']:.2f} \| {row['temp_bytes_per_param']:.2f} \| "
+            rf"{row['state_bytes_per_param']:.3f} \|"
+        )
+        assert re.search(cells, run["stdout"]), row["storage"]
