@@ -75,9 +75,9 @@ MESH_SHAPE = (2, 4)
 MESH_AXES = ("data", "model")
 
 # name: (shape, spec). Where the last axis is sharded, each shard's length is
-# a multiple of the default block size (256), so whole blocks stay in a shard.
-# "w", "e" and "b" are large enough to be stored in 8 bits; "c" and "r" stay
-# float32 under "int8" (fewer than Quantized().min_size values).
+# a multiple of the default block size (128), so whole blocks stay in a shard.
+# "w", "e" and "b" are large enough to be stored in 8 or 4 bits; "c" and "r"
+# stay float32 under "int8" (fewer than Quantized().min_size values).
 PARAMS = {
     "w": ((8, 2048), P("data", "model")),  # shard (4, 512): 2 blocks a row
     "e": ((64, 256), P("model", None)),  # shard (16, 256): 2 blocks a row
@@ -98,8 +98,14 @@ TRANSFORMS = {
     "lamb_fp32": lambda: adamx.lamb(1e-3, weight_decay=1e-2),
     "adopt_fp32": lambda: adamx.adopt(1e-3),
     "ademamix_int8": lambda: adamx.ademamix(1e-3, mu_dtype="int8", nu_dtype="int8"),
+    "adam_int4": lambda: adamx.adam(1e-3, mu_dtype="int4", nu_dtype="int4"),
+    "adam_bf16_rounded": lambda: adamx.adam(
+        1e-3, mu_dtype=adamx.Rounded(jnp.bfloat16), nu_dtype=adamx.Rounded(jnp.bfloat16)
+    ),
 }
-INT8_TRANSFORMS = frozenset(name for name in TRANSFORMS if name.endswith("_int8"))
+INT8_TRANSFORMS = frozenset(
+    name for name in TRANSFORMS if name.endswith(("_int8", "_int4"))
+)
 # LAMB's trust ratio sums squares over each whole leaf: a sharded leaf needs
 # an all-reduce, and nothing else.
 ALLOWED_COLLECTIVES = {"lamb_fp32": frozenset({"all-reduce"})}

@@ -41,6 +41,8 @@ VARIANTS = {
     "lamb_fp32": (False, ("all-reduce",)),  # the trust ratio's norms
     "adopt_fp32": (False, ()),
     "ademamix_int8": (True, ()),
+    "adam_int4": (True, ()),
+    "adam_bf16_rounded": (False, ()),
 }
 CASES = [(axes, name) for axes in AXES for name in VARIANTS]
 IDS = [f"{axes}-{name}" for axes, name in CASES]
@@ -97,7 +99,7 @@ def zero(run):
 def test_summary_covers_every_transform_and_mesh(run, results, zero):
     _, summary = run
     assert sorted(results) == sorted(CASES)
-    assert len(results) == len(AXES) * len(VARIANTS) == 16
+    assert len(results) == len(AXES) * len(VARIANTS) == 20
     optax_cases = [(r["axes"], r["transform"]) for r in summary["optax"]]
     assert sorted(optax_cases) == sorted(OPTAX_CASES)
     assert sorted(zero) == sorted(ZERO)
