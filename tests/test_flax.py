@@ -41,6 +41,7 @@ LINEN_TX = {
     "lamb": adamx.lamb(2e-2),
     "adopt": adamx.adopt(1e-2),
     "adam[int8]": adamx.adam(1e-2, mu_dtype="int8", nu_dtype="int8"),
+    "adam[int4]": adamx.adam(1e-2, mu_dtype="int4", nu_dtype="int4"),
 }
 # nnx.Optimizer keeps each state entry in its own container and hands an 8-bit
 # leaf back as a mapping of codes and scales; adamx accepts that form too.
@@ -49,6 +50,10 @@ NNX_TX = {
     "lamb": adamx.lamb(2e-2),
     "adam[bf16]": adamx.adam(1e-2, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16),
     "adam[int8]": adamx.adam(1e-2, mu_dtype="int8", nu_dtype="int8"),
+    "adam[int4]": adamx.adam(1e-2, mu_dtype="int4", nu_dtype="int4"),
+    "adam[rounded_bf16]": adamx.adam(
+        1e-2, mu_dtype=adamx.Rounded(jnp.bfloat16), nu_dtype=adamx.Rounded(jnp.bfloat16)
+    ),
 }
 
 

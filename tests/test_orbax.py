@@ -61,6 +61,18 @@ EXTRA = {
         lambda: adamx.adam(1e-2, mu_dtype="int8", nu_dtype="int8"),
         adamx.QuantizedArray,
     ),
+    "adam[int4]": (
+        lambda: adamx.adam(1e-2, mu_dtype="int4", nu_dtype="int4"),
+        adamx.QuantizedArray,
+    ),
+    "adam[rounded_bf16]": (
+        lambda: adamx.adam(
+            1e-2,
+            mu_dtype=adamx.Rounded(jnp.bfloat16),
+            nu_dtype=adamx.Rounded(jnp.bfloat16),
+        ),
+        adamx.ScaleByAdamState,
+    ),
     "adam[stochastic_rounding]": (
         lambda: adamx.adam(
             1e-2,
