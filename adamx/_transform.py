@@ -1,11 +1,16 @@
 """The one skeleton every adamx ``scale_by_*`` is built on.
 
-A variant supplies only its per-leaf maths: a function of the gradient and its
-moments, already read into the compute dtype, plus the step count and the
-hyperparameters cast to that dtype. This module does the rest once for all
-variants: the saturating int32 count, the starting moments at ``init`` (zero
-unless given), reading and writing the declared storage, casting the update
-back to the gradient's dtype, and the leaf-by-leaf walk with its errors.
+A variant supplies only its per-leaf maths, in the compute dtype, given the
+step count and the hyperparameters cast to that dtype: how its moments move
+(``moments``) and the step they give (``direction``), declared apart, or one
+``leaf_update`` doing both where the step needs more than the new moments. It
+also declares whether its moments are ``monotone`` in the magnitudes of their
+inputs. This module does the rest once for all variants: the saturating int32
+count, the starting moments at ``init`` (zero unless given), reading and
+writing the declared storage (sizing low-bit blocks from the monotone bound,
+taking the step from the stored moments where the storage asks for it),
+casting the update back to the gradient's dtype, and the leaf-by-leaf walk
+with its errors.
 """
 
 from __future__ import annotations
@@ -116,7 +121,7 @@ def moment_transform(
         update, *new = leaf_update(
             g.astype(dtype), *moments, count=count, **fixed, **traced
         )
-        bounds = _block_bounds(g, stored, count, {**fixed, **traced})
+        bounds = block_bounds(g, stored, count, {**fixed, **traced})
         written = [
             s.write(n, x, count=count, leaf=leaf, slot=slot, bound=bound)
             for slot, (s, n, x, bound) in enumerate(
@@ -131,7 +136,7 @@ def moment_transform(
             update = direction(g.astype(dtype), *new, count=count, **fixed, **traced)
         return update.astype(g.dtype), written
 
-    def _block_bounds(g, stored, count, hyper):
+    def block_bounds(g, stored, count, hyper):
         """Per-block bounds of the new moments' magnitudes, where they are cheap.
 
         For a ``monotone`` variant whose coded moments share one block size:
@@ -202,7 +207,7 @@ def moment_transform(
             signal_inputs.append((g.dtype, g.shape, written))
             return (update, *written)
 
-        signal_inputs: list[tuple[Any, list[Any]]] = []
+        signal_inputs: list[tuple[Any, tuple[int, ...], list[Any]]] = []
         updates, *moments = map_leaves(caller, leaf, updates, tuple(state)[1:])
         if signal is not None:
             report_signal(functools.partial(summarize, signal_inputs, count, steps_for))

@@ -65,6 +65,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -319,6 +320,10 @@ def stored_length(length: int, fmt: CodeFormat) -> int:
     return length if fmt.bits == 8 else -(-length // 2)
 
 
+# Jitted with the format and the sizes static: eager callers (an optimizer
+# stepped without jit) then run one compiled program instead of dispatching
+# every primitive; inside a jitted step they are inlined.
+@functools.partial(jax.jit, static_argnames=("fmt", "block_size"))
 def quantize_blockwise(
     x: jax.Array,
     fmt: CodeFormat,
@@ -361,6 +366,7 @@ def quantize_blockwise(
     return _pack(code, fmt), exponents
 
 
+@functools.partial(jax.jit, static_argnames=("fmt", "block_size", "length"))
 def dequantize_blockwise(
     codes: jax.Array,
     exponents: jax.Array,
@@ -379,6 +385,7 @@ def dequantize_blockwise(
     return values * per_value(scale, block_size, length)
 
 
+@functools.partial(jax.jit, static_argnames=("fmt", "block_size"))
 def stored_abs_max(
     codes: jax.Array, exponents: jax.Array, fmt: CodeFormat, block_size: int
 ) -> jax.Array:

@@ -101,11 +101,13 @@ def scale_by_adam_atan2(
         Only for differentiating *through* the update at :math:`g = 0`
         (meta-learning): a positive value gives up exact scale invariance.
       mu_dtype: how :math:`m` is stored: a dtype, ``"int8"``,
-        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
-        (:mod:`adamx.storage`); None for each parameter's dtype.
+        ``"int4"``, :class:`adamx.Quantized`, :class:`adamx.StochasticRounding`
+        or :class:`adamx.Rounded` (:mod:`adamx.storage`); None for each
+        parameter's dtype.
       nu_dtype: how :math:`v` is stored: a dtype, ``"int8"``,
-        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
-        (:mod:`adamx.storage`); None for each parameter's real dtype.
+        ``"int4"``, :class:`adamx.Quantized`, :class:`adamx.StochasticRounding`
+        or :class:`adamx.Rounded` (:mod:`adamx.storage`); None for each
+        parameter's real dtype.
 
     Returns:
       An ``optax.GradientTransformation`` with state

@@ -78,11 +78,13 @@ def scale_by_adamax(
       b2: :math:`\beta_2`, decay of the infinity norm, in [0, 1).
       eps: :math:`\epsilon`, added to :math:`|g_t|` inside the maximum; >= 0.
       mu_dtype: how :math:`m` is stored: a dtype, ``"int8"``,
-        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
-        (:mod:`adamx.storage`); None for each parameter's dtype.
+        ``"int4"``, :class:`adamx.Quantized`, :class:`adamx.StochasticRounding`
+        or :class:`adamx.Rounded` (:mod:`adamx.storage`); None for each
+        parameter's dtype.
       nu_dtype: how :math:`u` is stored: a dtype, ``"int8"``,
-        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
-        (:mod:`adamx.storage`); None for each parameter's real dtype.
+        ``"int4"``, :class:`adamx.Quantized`, :class:`adamx.StochasticRounding`
+        or :class:`adamx.Rounded` (:mod:`adamx.storage`); None for each
+        parameter's real dtype.
 
     Returns:
       An ``optax.GradientTransformation`` with state :class:`ScaleByAdamaxState`.

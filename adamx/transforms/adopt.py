@@ -107,11 +107,13 @@ def scale_by_adopt(
         gradients have all been zero would otherwise divide 0 by 0.
       eps_root: :math:`\epsilon_{root}`, added under the square root; >= 0.
       mu_dtype: how :math:`m` is stored: a dtype, ``"int8"``,
-        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
-        (:mod:`adamx.storage`); None for each parameter's dtype.
+        ``"int4"``, :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
+        (:mod:`adamx.storage`; not :class:`adamx.Rounded`: the step needs the
+        old second moment); None for each parameter's dtype.
       nu_dtype: how :math:`v` is stored: a dtype, ``"int8"``,
-        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
-        (:mod:`adamx.storage`); None for each parameter's real dtype.
+        ``"int4"``, :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
+        (:mod:`adamx.storage`; not :class:`adamx.Rounded`: the step needs the
+        old second moment); None for each parameter's real dtype.
       nesterov: use the Nesterov look-ahead :math:`\beta_1 m_t + (1 - \beta_1)
         \tilde g_t` as the update, as ``optax.contrib.scale_by_adopt`` does.
       clip: clip the normalised gradient to :math:`[-c_t, c_t]`. The bound

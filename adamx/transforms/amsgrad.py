@@ -93,11 +93,13 @@ def scale_by_amsgrad(
       eps: :math:`\epsilon`, added to :math:`\sqrt{\hat v}`; >= 0.
       eps_root: :math:`\epsilon_{root}`, added under the square root; >= 0.
       mu_dtype: how :math:`m` is stored: a dtype, ``"int8"``,
-        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
-        (:mod:`adamx.storage`); None for each parameter's dtype.
+        ``"int4"``, :class:`adamx.Quantized`, :class:`adamx.StochasticRounding`
+        or :class:`adamx.Rounded` (:mod:`adamx.storage`); None for each
+        parameter's dtype.
       nu_dtype: how :math:`v` and :math:`\hat v` is stored: a dtype, ``"int8"``,
-        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
-        (:mod:`adamx.storage`); None for each parameter's real dtype.
+        ``"int4"``, :class:`adamx.Quantized`, :class:`adamx.StochasticRounding`
+        or :class:`adamx.Rounded` (:mod:`adamx.storage`); None for each
+        parameter's real dtype.
       bias_correction: debias both moments (optax's convention) or none
         (Reddi et al.'s).
       max_of: with ``bias_correction``, take the maximum over the corrected

@@ -84,11 +84,13 @@ def scale_by_belief(
       eps_root: :math:`\epsilon_{root}`, added to :math:`s_t` at every step;
         >= 0.
       mu_dtype: how :math:`m` is stored: a dtype, ``"int8"``,
-        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
-        (:mod:`adamx.storage`); None for each parameter's dtype.
+        ``"int4"``, :class:`adamx.Quantized`, :class:`adamx.StochasticRounding`
+        or :class:`adamx.Rounded` (:mod:`adamx.storage`); None for each
+        parameter's dtype.
       nu_dtype: how :math:`s` is stored: a dtype, ``"int8"``,
-        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
-        (:mod:`adamx.storage`); None for each parameter's real dtype.
+        ``"int4"``, :class:`adamx.Quantized`, :class:`adamx.StochasticRounding`
+        or :class:`adamx.Rounded` (:mod:`adamx.storage`); None for each
+        parameter's real dtype.
       nesterov: replace :math:`\hat m_t` by the Nesterov look-ahead
         :func:`adamx.numerics.nesterov_momentum`, as
         ``optax.scale_by_belief(nesterov=True)`` does.

@@ -142,12 +142,14 @@ def scale_by_radam(
       threshold: :math:`\rho_{min}`, the :math:`\rho_t` from which the
         adaptive step is used; >= 4, below which :math:`r_t` is not real.
       mu_dtype: how :math:`m` is stored: a floating dtype; None for each
-        parameter's dtype; ``"int8"`` or :class:`adamx.Quantized` for 8-bit
-        block-wise codes; :class:`adamx.StochasticRounding` for bfloat16 with
-        stochastic rounding (see :mod:`adamx.storage`).
+        parameter's dtype; ``"int8"``, ``"int4"`` or :class:`adamx.Quantized`
+        for 8- or 4-bit block-wise codes; :class:`adamx.StochasticRounding`
+        for bfloat16 with stochastic rounding; :class:`adamx.Rounded` to take
+        the step from the stored moments (see :mod:`adamx.storage`).
       nu_dtype: how :math:`v` is stored: a dtype, ``"int8"``,
-        :class:`adamx.Quantized` or :class:`adamx.StochasticRounding`
-        (:mod:`adamx.storage`); None for each parameter's real dtype.
+        ``"int4"``, :class:`adamx.Quantized`, :class:`adamx.StochasticRounding`
+        or :class:`adamx.Rounded` (:mod:`adamx.storage`); None for each
+        parameter's real dtype.
       nesterov: use Nesterov momentum: :math:`\hat m_t` becomes
         :func:`adamx.numerics.nesterov_momentum` in both branches, as in
         ``optax.scale_by_radam(nesterov=True)``.
