@@ -82,6 +82,15 @@ def _concrete(value: Any) -> np.ndarray | None:
         return None
 
 
+def check_int(call: str, name: str, value: Any, low: int) -> None:
+    """Raises ValueError quoting ``call(name=value)`` unless it is an int >= low.
+
+    Booleans are refused although Python counts them as ints.
+    """
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{call}({name}={value!r}): {name} must be an int >= {low}")
+
+
 def check_hyperparameters(caller: str, **arguments: Any) -> None:
     """Raises ValueError for any concrete hyperparameter outside its range.
 

@@ -34,7 +34,7 @@ import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics, quantization
-from adamx._validation import caller_name
+from adamx._validation import caller_name, check_int
 
 __all__ = [
     "CodeStorage",
@@ -55,11 +55,6 @@ _COMPLEX_OF = {
     np.dtype(np.float32): np.dtype(np.complex64),
     np.dtype(np.float64): np.dtype(np.complex128),
 }
-
-
-def _check_int(call: str, name: str, value: Any, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{call}({name}={value!r}): {name} must be an int >= {low}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,14 +89,14 @@ class Quantized:
         if self.bits not in (4, 8) or isinstance(self.bits, bool):
             raise ValueError(f"Quantized(bits={self.bits!r}): bits must be 8 or 4")
         size = self.block_size
-        _check_int("Quantized", "block_size", size, 2)
+        check_int("Quantized", "block_size", size, 2)
         if size & (size - 1):
             raise ValueError(
                 f"Quantized(block_size={size!r}): block_size must be a positive "
                 "power of two"
             )
-        _check_int("Quantized", "min_size", self.min_size, 0)
-        _check_int("Quantized", "seed", self.seed, 0)
+        check_int("Quantized", "min_size", self.min_size, 0)
+        check_int("Quantized", "seed", self.seed, 0)
 
 
 @dataclasses.dataclass(frozen=True)
