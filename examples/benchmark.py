@@ -16,7 +16,9 @@ Cases (all float32; sizes are options):
 
 - ``single``: one leaf of ``--single-size`` values (default 100M);
 - ``single_10m``: one leaf of ``--single-10m-size`` values (default 10M), the
-  reference for the many-leaf case;
+  reference for the many-leaf case; printed under its actual size
+  (``single_4.1k`` with ``--quick``, the JSON rows' ``label``), while
+  ``--cases`` and the JSON rows' ``case`` keep the name;
 - ``many``: ``--many-leaves`` leaves (default 1000) of ``--many-size`` values
   (default 10k): 10M in all;
 - ``transformer``: a transformer-shaped tree of ``--layers`` layers (default
@@ -63,9 +65,10 @@ step time and its ratio to float32, the step's temporaries
 (``compiled.memory_analysis().temp_size_in_bytes``) and the stored state,
 both per parameter.
 
-Prints the machine and a markdown table (case, optimizer, compile s, step ms,
-GB/s, % of the ceiling, × optax.adam in step and compile time), then each
-optimizer's ``many`` step time over its ``single_10m`` one. Writes every
+Prints the machine and a markdown table (case, optimizer, params, leaves,
+compile s, step ms, GB/s, % of the ceiling, × optax.adam in step and compile
+time), then each optimizer's ``many`` step time over its ``single_10m`` one,
+and the storage kinds' table. Writes every
 number with the machine's description to ``--json`` (default
 outputs/benchmark.json) and a bar chart of step and compile times to
 ``--png`` (default outputs/benchmark.png). The default run frees each
@@ -223,6 +226,21 @@ def materialize(spec: Any, seed: int, scale: float) -> Any:
 def nbytes(tree: Any) -> int:
     """Bytes held by the arrays of ``tree``, at their real dtypes."""
     return sum(int(x.nbytes) for x in jax.tree.leaves(tree))
+
+
+def count(n: int) -> str:
+    """``n`` in three digits with a k or M suffix: 4.1k, 8.19k, 10M, 92M."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return str(n)
+
+
+def case_label(case: str, n_params: int) -> str:
+    """The case as printed: ``single_10m`` is named for the size it has."""
+    if case == "single_10m":
+        return f"single_{count(n_params).lower()}"
+    return case
 
 
 # ---------------------------------------------------------------------- the step
@@ -509,7 +527,16 @@ def _cell(value: float | None, spec: str, suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
+def format_ceiling(c: dict[str, float]) -> str:
+    """One case's memory-bandwidth ceiling, in words."""
+    return (
+        f"{c['ceiling_gb_s']:.1f} GB/s on {count(c['n'])} values "
+        f"(triad {c['triad_gb_s']:.1f}, Adam-shaped {c['adam_shaped_gb_s']:.1f})"
+    )
+
+
 def format_table(rows: list[dict[str, Any]], ceilings: dict[str, dict]) -> str:
+    """The step table, the ceilings, and many leaves against one, in markdown."""
     lines = [
         "| case | optimizer | params | leaves | compile s | step ms | GB/s "
         "| % of ceiling | step × optax | compile × optax |",
@@ -517,7 +544,7 @@ def format_table(rows: list[dict[str, Any]], ceilings: dict[str, dict]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['case']} | {r['optimizer']} | {r['n_params'] / 1e6:.3g}M "
+            f"| {r['label']} | {r['optimizer']} | {count(r['n_params'])} "
             f"| {r['n_leaves']} | {_cell(r['compile_s'], '.2f')} "
             f"| {r['step_ms']:.2f} | {r['gb_s']:.1f} "
             f"| {100 * r['fraction_of_ceiling']:.0f}% "
@@ -527,17 +554,15 @@ def format_table(rows: list[dict[str, Any]], ceilings: dict[str, dict]) -> str:
     lines.append("")
     lines.append("Memory-bandwidth ceiling (best of the streaming kernels):")
     for case, c in ceilings.items():
-        lines.append(
-            f"- {case}: {c['ceiling_gb_s']:.1f} GB/s on {c['n'] / 1e6:.3g}M values "
-            f"(triad {c['triad_gb_s']:.1f}, Adam-shaped {c['adam_shaped_gb_s']:.1f})"
-        )
+        lines.append(f"- {case_label(case, c['n'])}: {format_ceiling(c)}")
     many = [r for r in rows if r["many_vs_single_10m"] is not None]
     if many:
+        single = next(r["label"] for r in rows if r["case"] == "single_10m")
         lines += [
             "",
             "Many small leaves against one leaf of the same total size:",
             "",
-            "| optimizer | many ms | single_10m ms | many ÷ single_10m |",
+            f"| optimizer | many ms | {single} ms | many ÷ {single} |",
             "|---|--:|--:|--:|",
         ]
         for r in many:
@@ -748,7 +773,12 @@ def run_case(
     else:
         ceiling = dict(same_size)
     ceilings[case] = ceiling
-    _progress(f"{case}: {n_params} params in {n_leaves} leaves; ceiling {ceiling}")
+    label = case_label(case, n_params)
+    leaves = "leaf" if n_leaves == 1 else "leaves"
+    _progress(
+        f"{label}: {n_params:,} params in {n_leaves} {leaves}; "
+        f"memory ceiling {format_ceiling(ceiling)}"
+    )
     params = materialize(spec, args.seed, 0.02)
     grads = materialize(spec, args.seed + 1, 1e-3)
     repeats = args.repeats
@@ -770,7 +800,8 @@ def run_case(
         ]
     rows = []
     for name, run in runs:
-        row = {"case": case, "optimizer": name, "n_params": n_params}
+        row = {"case": case, "label": label, "optimizer": name}
+        row["n_params"] = n_params
         row["n_leaves"] = n_leaves
         row["repeats"] = repeats
         row |= run()
@@ -782,10 +813,10 @@ def run_case(
         row["gb_s"] = row["bytes_per_step"] / (row["step_ms"] / 1e3) / 1e9
         row["fraction_of_ceiling"] = row["gb_s"] / ceiling["ceiling_gb_s"]
         rows.append(row)
-        _progress(
-            f"  {name}: compile {_cell(row['compile_s'], '.2f')} s, "
-            f"step {row['step_ms']:.2f} ms, {row['gb_s']:.1f} GB/s"
-        )
+        times = f"step {row['step_ms']:.2f} ms, {row['gb_s']:.1f} GB/s"
+        if row["compile_s"] is not None:
+            times = f"compile {row['compile_s']:.2f} s, {times}"
+        _progress(f"  {name}: {times}")
     del params, grads
     _collect(4 * n_params)
     return rows

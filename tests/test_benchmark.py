@@ -30,6 +30,9 @@ BENCHMARK = runpy.run_path(str(ROOT / "examples" / "benchmark.py"), run_name="be
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 CASES = ("single", "single_10m", "many", "transformer")
+# single_10m is printed under the size it has at --quick.
+LABELS = {"single": "single", "single_10m": "single_4.1k", "many": "many"}
+LABELS["transformer"] = "transformer"
 JAX_NAMES = [name for name, _ in BENCHMARK["OPTIMIZERS"]]
 TORCH_NAMES = ["torch.adam-fused", "torch.adam-foreach"]
 REQUIRED = [
@@ -83,14 +86,15 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("benchmark")
     numbers, png = tmp / "out" / "numbers.json", tmp / "out" / "chart.png"
     cache_before = jax.config.jax_enable_compilation_cache
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         returned = BENCHMARK["main"](
             [*QUICK_ARGS, "--repeats", "2", "--json", str(numbers), "--png", str(png)]
         )
     assert jax.config.jax_enable_compilation_cache == cache_before
     return {
         "stdout": out.getvalue(),
+        "stderr": err.getvalue(),
         "returned": returned,
         "json": json.loads(numbers.read_text()),
         "png": png,
@@ -220,17 +224,44 @@ def test_machine_is_described(run):
     assert run["json"]["settings"]["persistent_compilation_cache"] is False
 
 
+def table_rows(run):
+    """The printed step table's rows, split into stripped cells."""
+    lines = run["stdout"].splitlines()
+    header = [i for i, line in enumerate(lines) if line.startswith("| case |")]
+    assert len(header) == 1
+    table = lines[header[0] + 2 : header[0] + 2 + len(run["json"]["rows"])]
+    return [[cell.strip() for cell in line.split("|")[1:-1]] for line in table]
+
+
 def test_table_is_printed_under_the_machine_line(run):
     lines = run["stdout"].splitlines()
     assert lines[0].startswith("Machine: ")
     assert f"jax {jax.__version__}" in lines[0]
-    header = [i for i, line in enumerate(lines) if line.startswith("| case |")]
-    assert len(header) == 1
-    table = lines[header[0] + 2 : header[0] + 2 + len(run["json"]["rows"])]
-    printed = [tuple(cell.strip() for cell in line.split("|")[1:3]) for line in table]
-    assert printed == [(case, name) for case in CASES for name in expected_names()]
+    printed = [tuple(cells[:2]) for cells in table_rows(run)]
+    assert printed == [
+        (LABELS[case], name) for case in CASES for name in expected_names()
+    ]
     for name in expected_names():
         assert any(line.startswith(f"| {name} |") for line in lines), name
+    assert "| optimizer | many ms | single_4.1k ms | many ÷ single_4.1k |" in lines
+
+
+def test_cases_are_labelled_by_their_size(run):
+    assert {r["case"]: r["label"] for r in run["json"]["rows"]} == LABELS
+    assert "single_10m" not in run["stdout"] + run["stderr"]
+    assert {cells[2] for cells in table_rows(run)} == {"8.19k", "4.1k", "5.36k"}
+    full = BENCHMARK["FULL"]
+    assert BENCHMARK["case_label"]("single_10m", full.single_10m) == "single_10m"
+    assert BENCHMARK["count"](full.single) == "100M"
+
+
+def test_progress_is_words_not_dicts(run):
+    progress = run["stderr"].splitlines()
+    assert progress[0].startswith("single: 8,192 params in 1 leaf; memory ceiling ")
+    assert not any("{" in line for line in progress), progress
+    assert any(line.startswith("  torch.adam-fused: step ") for line in progress) == (
+        HAS_TORCH
+    )
 
 
 def test_chart_is_a_png(run):
