@@ -25,9 +25,9 @@ import optax
 from jax.interpreters import partial_eval
 
 from adamx import numerics, quantization
+from adamx._signals import SignalSummary, report_signal
 from adamx._tree import init_leaves, map_leaves
 from adamx._validation import caller_name
-from adamx.diagnostics import SignalSummary, report_signal
 from adamx.storage import Storage
 
 LeafUpdate = Callable[..., tuple[jax.Array, ...]]

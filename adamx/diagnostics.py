@@ -10,68 +10,24 @@ loop reads the arrays (one host transfer) only when it logs.
 
 The signal-to-noise ratio comes from the adamx transform inside: while
 :func:`with_stats` traces its inner update, every adamx ``scale_by_*`` it
-reaches reports how to compute its ratio from its new moments
-(:func:`report_signal`). The computation itself runs only on the steps that
-record statistics.
+reaches reports how to compute its ratio from its new moments (the plumbing
+is in the private ``adamx._signals``). The computation itself runs only on
+the steps that record statistics.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import optax
 
+from adamx._signals import SignalSummary, collecting, trace_state
 from adamx._tree import count_nonfinite, global_norm, largest_magnitude, sum_of_squares
 from adamx._validation import quoting
 
-__all__ = ["SignalSummary", "Stats", "WithStatsState", "report_signal", "with_stats"]
-
-
-class SignalSummary(NamedTuple):
-    """Sum, maximum and size of one transform's signal-to-noise ratios."""
-
-    total: jax.Array
-    maximum: jax.Array
-    size: int
-
-
-_Reported = tuple[Any, Callable[[], SignalSummary]]
-_SIGNALS: contextvars.ContextVar[list[_Reported] | None] = contextvars.ContextVar(
-    "adamx_signals", default=None
-)
-
-
-def _trace_state() -> Any:
-    """Which trace is active: summaries are usable only in the one they came from."""
-    return jax.extend.core.get_opaque_trace_state(convention="adamx")
-
-
-def report_signal(summary: Callable[[], SignalSummary]) -> None:
-    """Offers a transform's signal-to-noise summary to an enclosing :func:`with_stats`.
-
-    ``summary`` is called only on the steps that record statistics, so the
-    moments are read a second time only then. Outside :func:`with_stats` this
-    does nothing.
-    """
-    collector = _SIGNALS.get()
-    if collector is not None:
-        collector.append((_trace_state(), summary))
-
-
-@contextlib.contextmanager
-def _collecting() -> Iterator[list[_Reported]]:
-    collector: list[_Reported] = []
-    token = _SIGNALS.set(collector)
-    try:
-        yield collector
-    finally:
-        _SIGNALS.reset(token)
+__all__ = ["Stats", "WithStatsState", "with_stats"]
 
 
 class Stats(NamedTuple):
@@ -190,7 +146,7 @@ def with_stats(
         return WithStatsState(inner.init(params), stats, jnp.zeros([], jnp.int32))
 
     def update_fn(updates, state, params=None, **extra_args):
-        with quoting(caller), _collecting() as signals:
+        with quoting(caller), collecting() as signals:
             new_updates, inner_state = inner.update(
                 updates, state.inner, params, **extra_args
             )
@@ -200,7 +156,7 @@ def with_stats(
                 "there is no signal-to-noise ratio; wrap an adamx optimizer (not "
                 "through a wrapper that uses jax.lax.cond) or pass snr=False"
             )
-        if snr and any(trace != _trace_state() for trace, _ in signals):
+        if snr and any(trace != trace_state() for trace, _ in signals):
             raise ValueError(
                 f"{caller}: the adamx transform inside was reached through a "
                 "jax.lax.cond or another trace (optax.MultiSteps, "
