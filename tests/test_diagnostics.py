@@ -214,15 +214,3 @@ def test_example_logs_a_falling_ratio_and_times_recording(tmp_path):
         "with_stats every=100",
     }
     assert (tmp_path / "d.png").stat().st_size > 0
-
-
-def test_readme_logging_block_runs(capsys):
-    import pathlib
-    import re
-
-    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
-    section = readme.split("## Watching training", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    exec(compile(code, "README.md", "exec"), {})
-    lines = capsys.readouterr().out.split("\n")
-    assert lines[0].startswith("1 ") and lines[1].startswith("51 ")
