@@ -82,7 +82,11 @@ def test_matches_float64_reference(config: str, x64: bool) -> None:
 # Parity with optax, parameters fed back through a small MLP.
 # ---------------------------------------------------------------------------
 
-PARITY_RTOL = 5e-5
+# adamx in float32 against optax run in float64 (see assert_same_training),
+# parameters and state at every step: measured worst 1.5e-6 (adamax). optax's
+# own float32 run is as close here (9e-7): Adamax corrects only the first
+# moment, at b1 = 0.9, where 1 - b1**t does not cancel.
+PARITY_RTOL = 5e-6
 
 
 def _decay_matrices(params):
@@ -121,7 +125,7 @@ PARITY = {
 @pytest.mark.parametrize("case", list(PARITY))
 def test_matches_optax_every_step(case: str) -> None:
     make_adamx, make_optax = PARITY[case]
-    assert_same_training(make_adamx(), make_optax(), PARITY_RTOL)
+    assert_same_training(make_adamx, make_optax, PARITY_RTOL)
 
 
 # ---------------------------------------------------------------------------

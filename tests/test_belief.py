@@ -85,7 +85,11 @@ def test_matches_float64_reference(config: str, nesterov: bool, x64: bool) -> No
 # Parity with optax, parameters fed back through a small MLP.
 # ---------------------------------------------------------------------------
 
-PARITY_RTOL = 5e-5
+# adamx in float32 against optax run in float64 (see assert_same_training),
+# parameters and state at every step: measured worst 1.2e-6 (adabelief).
+# optax's own float32 run strays 6.5e-6 (adabelief-schedule), from its
+# float32 1 - b2**t.
+PARITY_RTOL = 5e-6
 
 PARITY = {
     "adabelief": (lambda: adabelief(1e-2), lambda: optax.adabelief(1e-2)),
@@ -107,7 +111,7 @@ PARITY = {
 @pytest.mark.parametrize("case", list(PARITY))
 def test_matches_optax_every_step(case: str) -> None:
     make_adamx, make_optax = PARITY[case]
-    assert_same_training(make_adamx(), make_optax(), PARITY_RTOL)
+    assert_same_training(make_adamx, make_optax, PARITY_RTOL)
 
 
 # ---------------------------------------------------------------------------

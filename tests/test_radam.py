@@ -212,16 +212,14 @@ def test_matches_optax_in_float64(case: str) -> None:
     compare_trajectories(ours, optax_float64(case), rtol=5e-5)
 
 
-@pytest.mark.parametrize("case", ["defaults", "hyperparameters-nesterov"])
+@pytest.mark.parametrize("case", list(OPTAX_CASES))
 def test_float32_training_matches_float64_optax(case: str) -> None:
     # adamx in float32 follows the float64 trajectory to float32 rounding,
-    # fed back through 100 steps of training.
+    # fed back through 100 steps of training: measured worst 6.0e-7
+    # (defaults), where optax's own float32 run, with its textbook rho_t,
+    # misses by 2.5e-4 (3.3e-4 with the schedule).
     ours = trajectories(OPTAX_CASES[case][0](), jnp.float32)
-    theirs = jax.tree.map(
-        lambda x: x.astype(np.float32) if x.dtype == np.float64 else x,
-        optax_float64(case),
-    )
-    compare_trajectories(ours, theirs, rtol=5e-5)
+    compare_trajectories(ours, optax_float64(case), rtol=3e-6)
 
 
 # ---------------------------------------------------------------------------

@@ -99,7 +99,11 @@ def test_sign_rule_against_adam_on_a_small_gradient() -> None:
 # Parity with optax, parameters fed back through a small MLP.
 # ---------------------------------------------------------------------------
 
-PARITY_RTOL = 5e-5
+# adamx in float32 against optax run in float64 (see assert_same_training),
+# parameters and state at every step: measured worst 2.0e-6 (yogi-schedule).
+# optax's own float32 run strays 8.6e-6 (yogi-schedule), from its float32
+# 1 - b2**t.
+PARITY_RTOL = 5e-6
 
 PARITY = {
     "yogi": (lambda: yogi(1e-2), lambda: optax.yogi(1e-2)),
@@ -133,7 +137,7 @@ PARITY = {
 @pytest.mark.parametrize("case", list(PARITY))
 def test_matches_optax_every_step(case: str) -> None:
     make_adamx, make_optax = PARITY[case]
-    assert_same_training(make_adamx(), make_optax(), PARITY_RTOL)
+    assert_same_training(make_adamx, make_optax, PARITY_RTOL)
 
 
 # ---------------------------------------------------------------------------
