@@ -22,6 +22,8 @@ import numpy as np
 import optax
 from jax.typing import ArrayLike, DTypeLike
 
+from adamx._tracing import is_concrete
+
 __all__ = [
     "Decay",
     "abs_sq",
@@ -66,11 +68,6 @@ def hyperparameter(value: ArrayLike, dtype: DTypeLike) -> jax.Array:
     # that the transforms can fold it (see update_moment).
     with jax.ensure_compile_time_eval():
         return jnp.asarray(value, dtype=real)
-
-
-def _known(value: ArrayLike | Decay) -> bool:
-    """True for a value (or a tree of them) known while tracing: no tracer in it."""
-    return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(value))
 
 
 class Decay(NamedTuple):
@@ -160,18 +157,30 @@ def update_moment(
     :math:`m + (1 - \beta)(x - m)`, from the precise complement (see
     :class:`Decay`); for :math:`\beta \le 1/2` it is
     :math:`x - \beta (x - m)`, which gives exactly :math:`x` at
-    :math:`\beta = 0`.
+    :math:`\beta = 0`. Where :math:`x - m` is infinite (a moment or a value
+    that overflowed) both would subtract infinities, and the weighted sum is
+    used instead: the average of a finite and an infinite number is infinite,
+    not NaN.
 
     >>> update_moment(jnp.array([0.0]), jnp.array([4.0]), 0.9)
     Array([0.4], dtype=float32)
     """
     rate, complement = as_decay(decay, jnp.result_type(moment))
     step = value - moment
-    if _known(complement):  # choose the form while tracing: one, not both
+    if is_concrete(complement):  # choose the form while tracing: one, not both
         if float(complement) < 0.5:
-            return moment + complement * step
-        return value - rate * step
-    return jnp.where(complement < 0.5, moment + complement * step, value - rate * step)
+            interpolated = moment + complement * step
+        else:
+            interpolated = value - rate * step
+    else:
+        interpolated = jnp.where(
+            complement < 0.5, moment + complement * step, value - rate * step
+        )
+    # Where one side is infinite the interpolation would subtract infinities;
+    # the weighted sum gives the infinity, as the average should.
+    return jnp.where(
+        jnp.isinf(step), rate * moment + complement * value, interpolated
+    )
 
 
 def bias_correction_factor(decay: ArrayLike | Decay, count: ArrayLike) -> jax.Array:
@@ -197,7 +206,7 @@ def bias_correction_factor(decay: ArrayLike | Decay, count: ArrayLike) -> jax.Ar
     rate, complement = as_decay(decay, dtype)
     t = jnp.asarray(count).astype(rate.dtype)
     at_least_one = jnp.where(t > 0, 1.0, 0.0).astype(rate.dtype)
-    if _known(complement):  # log(beta) is then a constant, taken in float64
+    if is_concrete(complement):  # log(beta) is then a constant, taken in float64
         if float(complement) >= 1:  # beta = 0: the average is the newest value
             return at_least_one
         log_rate = np.log1p(-np.asarray(complement, dtype=np.float64))
