@@ -10,16 +10,16 @@ for bfloat16 models. Masking reuses ``optax.masked``.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from adamx import numerics
-from adamx._validation import check_hyperparameters, quoting
+from adamx._validation import NON_NEGATIVE, check, quoting
 
 
 def _scaled(u: jax.Array, factor: Any, decay: Any = 0.0, param: Any = None):
@@ -87,57 +87,64 @@ def _learning_rate_step(
     )
 
 
-def make_optimizer(
+def _no_decay(weight_decay: Any) -> bool:
+    """The one rule for "no weight decay": None, or a plain number equal to 0.
+
+    Arrays, tracers and schedules always get the decay step, even when zero, so
+    that ``optax.inject_hyperparams`` (which passes arrays at ``init`` and
+    tracers at ``update``) sees the same chain both times.
+    """
+    if weight_decay is None:
+        return True
+    plain = isinstance(weight_decay, (int, float, np.integer, np.floating))
+    return plain and not isinstance(weight_decay, bool) and weight_decay == 0
+
+
+def decay_steps(
+    caller: str, weight_decay: optax.ScalarOrSchedule | None, mask: Any = None
+) -> list[optax.GradientTransformation]:
+    """``[add_decayed_weights(weight_decay, mask)]``, or none for no weight decay."""
+    if _no_decay(weight_decay):
+        return []
+    check(caller, NON_NEGATIVE, weight_decay=weight_decay)
+    return [add_decayed_weights(weight_decay, mask)]
+
+
+def optimizer(
     caller: str,
-    direction: optax.GradientTransformation
-    | Callable[[], optax.GradientTransformation],
-    learning_rate: optax.ScalarOrSchedule,
+    direction: Callable[..., optax.GradientTransformation]
+    | optax.GradientTransformation,
     *,
+    learning_rate: optax.ScalarOrSchedule,
     weight_decay: optax.ScalarOrSchedule | None = None,
     mask: Any = None,
+    **direction_arguments: Any,
 ) -> optax.GradientTransformationExtraArgs:
-    r"""``chain(direction, [weight decay], learning-rate step)``.
+    r"""Every adamx optimizer: ``chain(direction, [weight decay], learning-rate step)``.
 
-    With ``weight_decay`` given, :math:`\lambda\theta` is added to the
-    direction *before* the learning rate scales both, as in Loshchilov &
-    Hutter (2019): :math:`\theta \leftarrow \theta - \eta_t (d_t + \lambda_t
-    \theta)`. The decay is decoupled from the gradient's moments; ``mask``
-    (a pytree of bools or a function of the params) limits it to some leaves.
+    With a weight decay, :math:`\lambda\theta` is added to the direction
+    *before* the learning rate scales both, as in Loshchilov & Hutter (2019):
+    :math:`\theta \leftarrow \theta - \eta_t (d_t + \lambda_t \theta)`. The
+    decay is decoupled from the gradient's moments; ``mask`` (a pytree of
+    bools or a function of the params) limits it to some leaves. ``None`` or a
+    plain 0 adds no decay step at all (:func:`_no_decay`).
 
     Args:
       caller: the public name, quoted by every construction error.
-      direction: the direction, or a function building it; a function is
-        called so that its errors quote ``caller`` rather than the inner
-        ``scale_by_*``.
+      direction: a ``scale_by_*`` (or any function returning a
+        transformation), called here with ``direction_arguments`` so that its
+        errors quote ``caller`` (``adam(b1=1.5)``, not ``scale_by_adam``), or a
+        transformation already built (the framework presets' chains).
       learning_rate: :math:`\eta`, a float or an optax schedule.
       weight_decay: :math:`\lambda`, a float or a schedule, or None for none.
       mask: which leaves are decayed.
+      **direction_arguments: passed to ``direction``, by keyword.
     """
     with quoting(caller):
-        check_hyperparameters(caller, learning_rate=learning_rate)
+        check(caller, NON_NEGATIVE, learning_rate=learning_rate)
         if not isinstance(direction, optax.GradientTransformation):
-            direction = direction()
-        steps = [direction]
-        if weight_decay is not None:
-            check_hyperparameters(caller, weight_decay=weight_decay)
-            steps.append(add_decayed_weights(weight_decay, mask))
-        steps.append(_learning_rate_step(learning_rate))
-    return optax.chain(*steps)
-
-
-def optimizer_from(
-    scale_by: Callable[..., optax.GradientTransformation],
-    caller: str,
-    learning_rate: optax.ScalarOrSchedule,
-    weight_decay: optax.ScalarOrSchedule | None,
-    mask: Any,
-    **direction: Any,
-) -> optax.GradientTransformationExtraArgs:
-    """:func:`make_optimizer` around ``scale_by(**direction)``: a family's aliases."""
-    return make_optimizer(
-        caller,
-        functools.partial(scale_by, **direction),
-        learning_rate,
-        weight_decay=weight_decay,
-        mask=mask,
-    )
+            direction = direction(**direction_arguments)
+        elif direction_arguments:
+            raise TypeError(f"{caller}: a built direction takes no arguments")
+        steps = [direction, *decay_steps(caller, weight_decay, mask)]
+    return optax.chain(*steps, _learning_rate_step(learning_rate))

@@ -22,32 +22,44 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax.interpreters import partial_eval
 
 from adamx import numerics, quantization
 from adamx._signals import SignalSummary, report_signal
+from adamx._tracing import is_abstract, is_concrete, is_staged
 from adamx._tree import init_leaves, map_leaves
-from adamx._validation import caller_name
+from adamx._validation import Rule, caller_name, check
 from adamx.storage import Storage
 
 LeafUpdate = Callable[..., tuple[jax.Array, ...]]
 
-# Hyperparameters by these names are decay rates: they reach the leaf update as
-# numerics.Decay, carrying 1 - beta formed before rounding to float32.
-DECAYS = frozenset({"b1", "b2", "b3", "decay"})
+
+class Hyperparameter(NamedTuple):
+    r"""A variant's hyperparameter, declared with the rule it must satisfy.
+
+    Attributes:
+      value: a number, an array, a tracer (``optax.inject_hyperparams``) or a
+        schedule, a function of the 0-based step as optax schedules are.
+      rule: checked when the transform is built (``adamx._validation``). A
+        decay rate's rule (``DECAY``) also makes it reach the leaf maths as
+        :class:`adamx.numerics.Decay`, with :math:`1 - \beta` formed before
+        rounding.
+    """
+
+    value: Any
+    rule: Rule
 
 
 def moment_transform(
     caller: str,
     state_type: type[NamedTuple],
     storages: Sequence[Storage],
-    hyperparameters: Mapping[str, Any],
+    hyperparameters: Mapping[str, Hyperparameter],
     leaf_update: LeafUpdate | None = None,
     *,
     moments: LeafUpdate | None = None,
     direction: LeafUpdate | None = None,
     initial_values: Sequence[Any] | None = None,
-    signal: LeafUpdate | None = None,
+    signal: LeafUpdate | None,
     monotone: bool = False,
 ) -> optax.GradientTransformation:
     r"""Builds a transformation whose state is ``state_type(count, *moments)``.
@@ -57,10 +69,10 @@ def moment_transform(
       state_type: a NamedTuple whose first field is ``count`` and whose other
         fields are the moments, in the order of ``storages``.
       storages: how each moment is stored.
-      hyperparameters: name to value (number, array or tracer) or schedule (a
-        callable of the 0-based step, as optax schedules are); each reaches
-        ``leaf_update`` evaluated and cast to the leaf's compute dtype, the
-        decay rates (named in ``DECAYS``) as :class:`adamx.numerics.Decay`.
+      hyperparameters: name to :class:`Hyperparameter`, each checked against
+        its declared rule here, quoting ``caller``. Each reaches the leaf maths
+        evaluated (a schedule at the step) and cast to the leaf's compute
+        dtype; the decay rates as :class:`adamx.numerics.Decay`.
       leaf_update: ``leaf_update(g, *moments, count=t, **hyperparameters) ->
         (update, *new_moments)``, all in the compute dtype; ``t`` is the
         1-based step. For a variant whose update depends on more than the
@@ -77,7 +89,8 @@ def moment_transform(
       signal: ``signal(*new_moments, count=t, **hyperparameters)``, the
         element-wise signal-to-noise ratio :math:`|\hat m|/\sqrt{\hat v}` of
         the new moments, for :func:`adamx.with_stats`; it is evaluated only on
-        the steps that record statistics.
+        the steps that record statistics. Every variant declares it: None only
+        for a transform without moments.
       monotone: the variant declares that each new moment, in magnitude, is
         at most ``moments`` applied to :math:`|g|` and the old moments'
         magnitudes (true of moving averages of :math:`g` and :math:`|g|^2`
@@ -89,6 +102,8 @@ def moment_transform(
       The ``optax.GradientTransformation``.
     """
     caller = caller_name(caller)
+    for name, declared in hyperparameters.items():
+        check(caller, declared.rule, **{name: declared.value})
     if (leaf_update is None) == (moments is None or direction is None):
         raise TypeError("moment_transform takes leaf_update, or moments and direction")
     if leaf_update is None:
@@ -105,7 +120,9 @@ def moment_transform(
             "use a plain dtype"
         )
 
-    def init_fn(params: optax.Params) -> NamedTuple:
+    def init_fn(params: optax.Params) -> Any:
+        if any(is_abstract(p) for p in jax.tree.leaves(params)):
+            return _abstract_init(init_fn, params)
         starts = (0.0,) * len(storages) if initial_values is None else initial_values
         moments = [
             init_leaves(caller, lambda p, s=storage, v=start: s.init(p, v), params)
@@ -165,7 +182,7 @@ def moment_transform(
         count = optax.safe_increment(state.count)
         values = {
             name: value(state.count) if callable(value) else value
-            for name, value in hyperparameters.items()
+            for name, (value, _) in hyperparameters.items()
         }
         steps: dict[Any, tuple[Callable[..., Any], Callable[..., Any], dict, dict]] = {}
 
@@ -182,12 +199,14 @@ def moment_transform(
             """
             if dtype not in steps:
                 cast = {
-                    k: (numerics.as_decay if k in DECAYS else numerics.hyperparameter)(
-                        v, dtype
-                    )
+                    k: (
+                        numerics.as_decay
+                        if hyperparameters[k].rule.is_decay
+                        else numerics.hyperparameter
+                    )(v, dtype)
                     for k, v in values.items()
                 }
-                fixed = {k: v for k, v in cast.items() if numerics._known(v)}
+                fixed = {k: v for k, v in cast.items() if is_concrete(v)}
                 traced = {k: v for k, v in cast.items() if k not in fixed}
                 plain = functools.partial(leaf_step, fixed=fixed)
                 steps[dtype] = (plain, jax.jit(plain), traced, cast)
@@ -201,7 +220,7 @@ def moment_transform(
                         f"{caller}: the state leaf for update {path} {problem}"
                     )
             plain, jitted, traced, _ = steps_for(numerics.compute_dtype(g.dtype))
-            step = jitted if _staged(g) else plain
+            step = jitted if is_staged(g) else plain
             leaf_index = jnp.asarray(index, jnp.uint32)  # traced: one trace per shape
             update, written = step(g, stored, count, traced, leaf_index)
             signal_inputs.append((g.dtype, g.shape, written))
@@ -277,6 +296,14 @@ def debiased_signal(
     )
 
 
-def _staged(x: Any) -> bool:
-    """True while ``x`` is being traced into a jitted program."""
-    return isinstance(x, partial_eval.DynamicJaxprTracer)
+def _abstract_init(init_fn: Callable[[Any], Any], params: Any) -> Any:
+    """``init_fn(params)`` for ``jax.ShapeDtypeStruct`` leaves, without running it.
+
+    The state comes back as ``ShapeDtypeStruct`` leaves, as ``jax.eval_shape``
+    gives them, each with the sharding that :func:`adamx.state_shardings`
+    computes from the parameters' own: memory and shardings can be planned
+    before a parameter exists.
+    """
+    from adamx.sharding import abstract_state  # sharding builds on transforms
+
+    return abstract_state(optax.GradientTransformation(init_fn, None), params)

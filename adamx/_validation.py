@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -38,48 +39,50 @@ def caller_name(default: str) -> str:
     return _OUTER_CALL.get() or default
 
 
-# Each rule: (a predicate on a float64 array, the sentence that completes the error).
-_RULES = {
-    "decay": (lambda x: (x >= 0) & (x < 1), "must be in [0, 1)"),
-    "non_negative": (lambda x: x >= 0, "must be >= 0"),
-    # RAdam's rectifier sqrt((ρ-4)(ρ-2)…) is real only for ρ >= 4.
-    "rectifiable": (lambda x: x >= 4, "must be >= 4"),
-}
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    r"""What a hyperparameter must satisfy, declared with the argument.
 
-# Which rule applies to each argument name that adamx's transforms share.
-_ARGUMENT_RULES = {
-    "b1": "decay",
-    "b2": "decay",
-    "decay": "decay",
-    "eps": "non_negative",
-    "eps_root": "non_negative",
-    "learning_rate": "non_negative",
-    "weight_decay": "non_negative",
-    # The framework presets' own names (adamx.compat).
-    "lr": "non_negative",
-    "betas": "decay",
-    "beta_1": "decay",
-    "beta_2": "decay",
-    "epsilon": "non_negative",
-    "initial_accumulator_value": "non_negative",
-    "b3": "decay",
-    "alpha": "non_negative",
-    "b_start": "decay",
-    "warmup_steps": "non_negative",
-    "threshold": "rectifiable",
-    "a": "non_negative",
-    "b": "non_negative",
-}
+    Attributes:
+      holds: a predicate on the value as a float64 array, true where valid.
+      sentence: completes the error, e.g. ``"must be in [0, 1)"``.
+      is_decay: the value is a decay rate :math:`\beta`: a transform receives
+        it as :class:`adamx.numerics.Decay`, with :math:`1 - \beta` formed
+        before rounding.
+    """
+
+    holds: Callable[[np.ndarray], np.ndarray]
+    sentence: str
+    is_decay: bool = False
 
 
-def _concrete(value: Any) -> np.ndarray | None:
-    """``value`` as a float64 array, or None when it cannot be read now."""
+DECAY = Rule(lambda x: (x >= 0) & (x < 1), "must be in [0, 1)", is_decay=True)
+NON_NEGATIVE = Rule(lambda x: x >= 0, "must be >= 0")
+REAL = Rule(lambda x: np.isfinite(x) | np.isinf(x), "must be a real number")
+# RAdam's rectifier sqrt((ρ-4)(ρ-2)…) is real only for ρ >= 4.
+RECTIFIABLE = Rule(lambda x: x >= 4, "must be >= 4")
+
+
+def _concrete(caller: str, name: str, value: Any) -> np.ndarray | None:
+    """``value`` as a float64 array; None for a schedule or a tracer.
+
+    Raises:
+      TypeError: for anything else that is not real and numeric (a string,
+        a bool, a complex number, None), naming the argument.
+    """
     if callable(value) or isinstance(value, jax.core.Tracer):
         return None
     try:
-        return np.asarray(value, dtype=np.float64)
+        array = np.asarray(value)
     except (TypeError, ValueError):
-        return None
+        array = np.asarray(None)
+    if array.dtype.kind not in "iuf":  # str, bool, complex, None, objects
+        raise TypeError(
+            f"{caller}({name}={value!r}): {name} must be a real number, an array "
+            "of them or a schedule (a function of the step), not "
+            f"{type(value).__name__}"
+        )
+    return array.astype(np.float64)
 
 
 def check_int(call: str, name: str, value: Any, low: int) -> None:
@@ -91,16 +94,23 @@ def check_int(call: str, name: str, value: Any, low: int) -> None:
         raise ValueError(f"{call}({name}={value!r}): {name} must be an int >= {low}")
 
 
-def check_hyperparameters(caller: str, **arguments: Any) -> None:
-    """Raises ValueError for any concrete hyperparameter outside its range.
+def check(caller: str, rule: Rule, **arguments: Any) -> None:
+    """Checks each concrete hyperparameter against ``rule``, when a transform is built.
+
+    Schedules and tracers cannot be checked without running them and pass.
 
     Args:
       caller: the public name being called, quoted in the error.
+      rule: what every argument given must satisfy.
       **arguments: hyperparameters by the names the caller gave them.
+
+    Raises:
+      TypeError: for a value that is not a real number, an array of them or a
+        schedule (``adam("0.1")``), naming the argument.
+      ValueError: for a value outside its range, naming the argument.
     """
     caller = caller_name(caller)
     for name, value in arguments.items():
-        predicate, sentence = _RULES[_ARGUMENT_RULES[name]]
-        concrete = _concrete(value)
-        if concrete is not None and not np.all(predicate(concrete)):
-            raise ValueError(f"{caller}({name}={value!r}): {name} {sentence}")
+        concrete = _concrete(caller, name, value)
+        if concrete is not None and not np.all(rule.holds(concrete)):
+            raise ValueError(f"{caller}({name}={value!r}): {name} {rule.sentence}")

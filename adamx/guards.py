@@ -36,7 +36,7 @@ import optax
 
 from adamx import numerics
 from adamx._tree import count_nonfinite, global_norm
-from adamx._validation import caller_name
+from adamx._validation import Rule, caller_name, check
 
 __all__ = [
     "NonfiniteState",
@@ -278,19 +278,16 @@ def nonfinite_policy(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _check_number(caller: str, name: str, value: Any, test, sentence: str) -> None:
-    """Raises ValueError quoting the call unless ``test(value)`` holds.
+# skip_spikes's two numbers, as declared rules (adamx._validation).
+_SPIKE_FACTOR = Rule(lambda x: (x > 1) & np.isfinite(x), "must be > 1")
+_OPEN_DECAY = Rule(lambda x: (x > 0) & (x < 1), "must be in (0, 1)")
 
-    Tracers pass unchecked: they cannot be read when the transform is built.
-    """
-    if isinstance(value, jax.core.Tracer):
-        return
-    try:
-        concrete = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{caller}({name}={value!r}): {name} {sentence}") from err
-    if concrete.shape != () or not test(float(concrete)):
-        raise ValueError(f"{caller}({name}={value!r}): {name} {sentence}")
+
+def _check_scalar(caller: str, name: str, value: Any, rule: Rule) -> None:
+    """:func:`adamx._validation.check`, and one number rather than an array."""
+    check(caller, rule, **{name: value})
+    if not isinstance(value, jax.core.Tracer) and np.ndim(value) != 0:
+        raise ValueError(f"{caller}({name}={value!r}): {name} must be one number")
 
 
 def skip_spikes(
@@ -412,10 +409,8 @@ def skip_spikes(
       https://arxiv.org/abs/1412.6980
     """
     caller = caller_name("skip_spikes")
-    _check_number(
-        caller, "factor", factor, lambda x: x > 1 and np.isfinite(x), "must be > 1"
-    )
-    _check_number(caller, "decay", decay, lambda x: 0 < x < 1, "must be in (0, 1)")
+    _check_scalar(caller, "factor", factor, _SPIKE_FACTOR)
+    _check_scalar(caller, "decay", decay, _OPEN_DECAY)
     if (
         not isinstance(warmup, (int, np.integer))
         or isinstance(warmup, bool)

@@ -37,8 +37,9 @@ gives 0.4). The stochastic runs use several seeds at once (the parameter is
 a vector, one entry per seed): the figure shows their mean and range.
 
 Which Adam and which AMSGrad. AMSGrad is the paper's Algorithm 2, which
-debiases neither moment: ``scale_by_amsgrad(bias_correction=False)``. Adam is
-``scale_by_adam``, Kingma & Ba's, which debiases both. Reddi et al. analyse
+debiases neither moment:
+``scale_by_amsgrad(bias_correction_mu=False, bias_correction_nu=False)``.
+Adam is ``scale_by_adam``, Kingma & Ba's, which debiases both. Reddi et al. analyse
 Adam without the debiasing step, for simplicity, noting that their argument
 carries over to the debiased version. In (a) the two differ only in the first
 steps: with β₁ = 0 there is nothing to debias in m, and with
@@ -157,7 +158,11 @@ def directions(problem: Problem) -> dict[str, optax.GradientTransformation]:
     return {
         "Adam": adamx.scale_by_adam(b1=problem.b1, b2=problem.b2, eps=EPS),
         "AMSGrad": adamx.scale_by_amsgrad(
-            b1=problem.b1, b2=problem.b2, eps=EPS, bias_correction=False
+            b1=problem.b1,
+            b2=problem.b2,
+            eps=EPS,
+            bias_correction_mu=False,
+            bias_correction_nu=False,
         ),
     }
 

@@ -4,8 +4,9 @@
 ``adamx.__all__``:
 
 * every ``scale_by_*`` direction with its default switches, and once more with
-  each boolean switch (``nesterov``, ``epsilon_hat``, ``bias_correction``,
-  ``clip``) flipped, plus AMSGrad's ``max_of="raw"``;
+  each boolean switch (``nesterov``, ``epsilon_hat``, ``bias_correction_mu``,
+  ``bias_correction_nu``, ``use_clipping``) flipped, plus AMSGrad's
+  ``max_of="raw"``;
 * ``bias_correction``;
 * every optimizer alias (a factory with a ``learning_rate`` argument).
 
@@ -94,8 +95,9 @@ TEST_HP: dict[str, float] = {
 SWITCHES = {
     "nesterov": False,
     "epsilon_hat": False,
-    "bias_correction": True,
-    "clip": True,
+    "bias_correction_mu": True,
+    "bias_correction_nu": True,
+    "use_clipping": True,
     "max_of": None,
 }
 EXTRA_OPTIONS: dict[str, list[dict[str, Any]]] = {
@@ -150,7 +152,7 @@ def _variants() -> list[Variant]:
     for name in DIRECTIONS:
         out.append(Variant(name))
         for p in Variant(name).parameters.values():
-            if p.kind is p.KEYWORD_ONLY and isinstance(p.default, bool):
+            if isinstance(p.default, bool):  # every switch, positional or not
                 out.append(Variant(name, ((p.name, not p.default),)))
         out.extend(Variant(name, tuple(o.items())) for o in EXTRA_OPTIONS.get(name, ()))
     out.append(Variant("bias_correction"))
@@ -219,7 +221,7 @@ def reference(variant: Variant, grads: list[Any], param: Any) -> list[np.ndarray
                 d = zero_pair
             else:
                 n = G / np.maximum(np.sqrt(v + eps_root), eps)
-                if s["clip"]:
+                if s["use_clipping"]:
                     # The clip value is a function of the count before the step.
                     bound = (t - 1) ** 0.25
                     modulus = np.sqrt(_sq(n))
@@ -251,10 +253,11 @@ def reference(variant: Variant, grads: list[Any], param: Any) -> list[np.ndarray
             if family == "belief":
                 r = 0.0  # eps_root is inside the second moment
             if family == "amsgrad":
-                if not s["bias_correction"]:
+                if not s["bias_correction_mu"]:
+                    m_hat = b1 * m + (1 - b1) * G if s["nesterov"] else m
+                if not s["bias_correction_nu"]:
                     v_max = np.maximum(v_max, v)
                     v_hat = v_max
-                    m_hat = b1 * m + (1 - b1) * G if s["nesterov"] else m
                 elif s["max_of"] == "raw":
                     v_max = np.maximum(v_max, v)
                     v_hat = v_max / bc2

@@ -2,7 +2,7 @@
 
 * A float64 NumPy statement of Taniguchi et al. (2024), written here, is run
   on a random gradient stream over a pytree of several shapes, a scalar and a
-  complex leaf, for every combination of ``clip`` and ``nesterov``; adamx must
+  complex leaf, for every combination of ``use_clipping`` and ``nesterov``; adamx must
   match it in float32 and, under ``jax.enable_x64``, to 1e-10 in float64.
 * ``optax.contrib.adopt`` and ``scale_by_adopt`` are run side by side with
   adamx on a small MLP regression whose parameters are fed back.
@@ -127,8 +127,8 @@ def _quarter(t: int) -> float:
 REFERENCE_CASES = {
     "clip": ({}, _quarter),
     "clip-nesterov": ({"nesterov": True}, _quarter),
-    "noclip": ({"clip": False}, None),
-    "noclip-nesterov": ({"clip": False, "nesterov": True}, None),
+    "noclip": ({"use_clipping": False}, None),
+    "noclip-nesterov": ({"use_clipping": False, "nesterov": True}, None),
     "clip_value_fn": (
         {"clip_value_fn": lambda t: 0.5 + 0.01 * t},
         lambda t: 0.5 + 0.01 * t,
@@ -259,7 +259,7 @@ def _warmup_cosine():
 PARITY_CASES: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
     "adopt": (lambda: adopt(1e-2), lambda: optax.contrib.adopt(1e-2)),
     "noclip": (
-        lambda: adopt(1e-3, clip=False),
+        lambda: adopt(1e-3, use_clipping=False),
         lambda: optax.contrib.adopt(1e-3, use_clipping=False),
     ),
     "nesterov": (
@@ -267,7 +267,7 @@ PARITY_CASES: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
         lambda: optax.contrib.adopt(1e-2, nesterov=True),
     ),
     "noclip-nesterov": (
-        lambda: adopt(1e-3, clip=False, nesterov=True),
+        lambda: adopt(1e-3, use_clipping=False, nesterov=True),
         lambda: optax.contrib.adopt(1e-3, use_clipping=False, nesterov=True),
     ),
     "hyperparameters-clip_value_fn": (
@@ -346,7 +346,7 @@ def test_bfloat16_params_give_bfloat16_updates_and_state() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"clip": False}, {"nesterov": True}, {"nu_dtype": jnp.float32}],
+    [{}, {"use_clipping": False}, {"nesterov": True}, {"nu_dtype": jnp.float32}],
     ids=["clip", "noclip", "nesterov", "nu_float32"],
 )
 def test_float16_zero_gradients_give_finite_zero_updates(kwargs) -> None:

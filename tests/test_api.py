@@ -54,12 +54,57 @@ def test_transforms_return_optax_transformations(name):
     assert isinstance(factory(*args), optax.GradientTransformation)
 
 
+def _optax_twin(name: str):
+    """optax's function of the same name (optax or optax.contrib), or None."""
+    if name == "bias_correction":  # optax's is a helper, adamx's a transform
+        return None
+    return getattr(optax, name, None) or getattr(optax.contrib, name, None)
+
+
+OPTAX_TWINS = [name for name in TRANSFORMS if _optax_twin(name) is not None]
+
+
+def test_every_optax_alias_and_scale_by_adamx_has_is_compared():
+    expected = {"adam", "adamw", "nadam", "nadamw", "amsgrad", "adabelief", "radam"}
+    expected |= {"yogi", "adamax", "adamaxw", "lamb", "adopt", "ademamix"}
+    expected |= {"scale_by_" + n for n in ("adam", "amsgrad", "belief", "radam")}
+    expected |= {"scale_by_" + n for n in ("yogi", "adamax", "adopt", "ademamix")}
+    assert expected <= set(OPTAX_TWINS)
+
+
+@pytest.mark.parametrize("name", OPTAX_TWINS)
+def test_signature_is_optax_s_then_keyword_only_options(name):
+    """optax's parameters by name, position, kind and default; adamx's after.
+
+    A call pasted from optax 0.2.8, positional or by keyword, means the same.
+    """
+    ours = inspect.signature(getattr(adamx, name)).parameters
+    theirs = inspect.signature(_optax_twin(name)).parameters
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert [n for n, p in ours.items() if p.kind is positional] == [
+        n for n, p in theirs.items() if p.kind is positional
+    ]
+    for parameter in theirs.values():
+        mine = ours[parameter.name]
+        assert mine.kind is parameter.kind, parameter.name
+        no_default = parameter.default is inspect.Parameter.empty
+        if callable(parameter.default) and not no_default:  # adopt's clip bound
+            steps = (0, 1, 7, 100)
+            assert [mine.default(t) for t in steps] == [
+                parameter.default(t) for t in steps
+            ]
+        else:
+            assert mine.default == parameter.default, parameter.name
+    for extra in ours.keys() - theirs.keys():
+        assert ours[extra].kind is inspect.Parameter.KEYWORD_ONLY, extra
+
+
 @pytest.mark.parametrize("name", TRANSFORMS)
-def test_behaviour_switches_are_keyword_only(name):
+def test_options_beyond_optax_are_keyword_only(name):
     parameters = inspect.signature(getattr(adamx, name)).parameters
-    for switch in ("mu_dtype", "nu_dtype", "nesterov", "bias_correction"):
-        if switch in parameters:
-            assert parameters[switch].kind is inspect.Parameter.KEYWORD_ONLY
+    for option in ("nu_dtype", "epsilon_hat", "max_of"):
+        if option in parameters:
+            assert parameters[option].kind is inspect.Parameter.KEYWORD_ONLY
 
 
 def test_package_is_typed():

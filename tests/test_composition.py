@@ -218,7 +218,9 @@ MASKABLE = {
     "amsgrad": (lambda: adamx.amsgrad(0.1), {"lr": 0.1, "kind": "amsgrad"}),
     "scale_by_adam": (lambda: adamx.scale_by_adam(), {"lr": -1.0}),
     "scale_by_amsgrad-reddi": (
-        lambda: adamx.scale_by_amsgrad(bias_correction=False),
+        lambda: adamx.scale_by_amsgrad(
+            bias_correction_mu=False, bias_correction_nu=False
+        ),
         {"lr": -1.0, "kind": "amsgrad-raw"},
     ),
 }
@@ -405,7 +407,10 @@ VARIANTS = {
         lambda: adamx.scale_by_amsgrad(), adamx.ScaleByAmsgradState
     ),
     "scale_by_amsgrad-reddi": Variant(
-        lambda: adamx.scale_by_amsgrad(bias_correction=False), adamx.ScaleByAmsgradState
+        lambda: adamx.scale_by_amsgrad(
+            bias_correction_mu=False, bias_correction_nu=False
+        ),
+        adamx.ScaleByAmsgradState,
     ),
     "scale_by_amsgrad-storage": Variant(
         lambda: adamx.scale_by_amsgrad(nu_dtype=jnp.float32),

@@ -9,6 +9,7 @@ the state and non-floating leaves are refused at ``init``/``update``.
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import jax
@@ -256,3 +257,58 @@ def test_update_with_a_non_float_leaf_names_its_path(name, leaf, value, dtype):
     grads = {"layer": {"w": jnp.ones(2), leaf: value}}
     with pytest.raises(TypeError, match=_message(f"['layer']['{leaf}']", dtype)):
         tx.update(grads, state, params)
+
+
+def _numeric_arguments():
+    """(public transform, one of its numeric hyperparameters), for every pair."""
+    skip = {"abstract_state", "state_nbytes", "state_shardings", "with_stats"}
+    cases = []
+    for name in adamx.__all__:
+        factory = getattr(adamx, name)
+        if not (callable(factory) and name[0].islower()) or name in skip:
+            continue
+        for arg, parameter in inspect.signature(factory).parameters.items():
+            numeric = isinstance(parameter.default, (int, float)) and not isinstance(
+                parameter.default, bool
+            )
+            if numeric or arg in ("learning_rate", "decay"):
+                cases.append((name, arg))
+    return cases
+
+
+NUMERIC = _numeric_arguments()
+
+
+def _required(name: str) -> dict:
+    parameters = inspect.signature(getattr(adamx, name)).parameters
+    required = {}
+    if "learning_rate" in parameters:
+        required["learning_rate"] = 1e-3
+    if "decay" in parameters and name == "bias_correction":
+        required["decay"] = 0.9
+    if "inner" in parameters:
+        required["inner"] = adamx.adam(1e-3)
+    if name == "ademamix_b3_schedule":
+        required.update(b3=0.999, warmup_steps=10)
+    return required
+
+
+def test_every_transform_with_numbers_is_covered():
+    names = {name for name, _ in NUMERIC}
+    assert {"adam", "scale_by_adopt", "ademamix", "lamb", "yogi"} <= names
+    assert len(NUMERIC) > 60
+
+
+@pytest.mark.parametrize("value", ["0.1", True, None, 1 + 2j, [0.1, "x"]])
+@pytest.mark.parametrize(("name", "arg"), NUMERIC, ids=[f"{n}-{a}" for n, a in NUMERIC])
+def test_non_numeric_hyperparameters_are_refused_at_construction(name, arg, value):
+    """``adam("0.1")`` fails when built, naming the argument, not at step 1."""
+    if arg == "weight_decay" and value is None:
+        pytest.skip("weight_decay=None means no weight decay (adamx._alias)")
+    factory = getattr(adamx, name)
+    arguments = {**_required(name), arg: value}
+    # A wrong type is a TypeError; an int argument (warmup) says ValueError.
+    with pytest.raises(
+        (TypeError, ValueError), match=re.escape(f"({arg}={value!r}): {arg} must be")
+    ):
+        factory(**arguments)

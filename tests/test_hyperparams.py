@@ -300,7 +300,7 @@ ARRAY_CASES: dict[str, tuple[Callable[[dict[str, Any]], Any], dict[str, Any]]] =
     ),
     "scale_by_amsgrad-reddi": (
         lambda h: adamx.scale_by_amsgrad(
-            h["b1"], h["b2"], h["eps"], h["eps_root"], bias_correction=False
+            h["b1"], h["b2"], h["eps"], h["eps_root"], None, False, False
         ),
         {"lr": -1.0, "weight_decay": 0.0, "kind": "amsgrad-raw"},
     ),
@@ -449,7 +449,9 @@ META = {
     ),
     "amsgrad": (lambda lr, b1: adamx.amsgrad(lr, b1), {"kind": "amsgrad"}),
     "amsgrad-reddi": (
-        lambda lr, b1: adamx.amsgrad(lr, b1, bias_correction=False),
+        lambda lr, b1: adamx.amsgrad(
+            lr, b1, bias_correction_mu=False, bias_correction_nu=False
+        ),
         {"kind": "amsgrad-raw"},
     ),
 }
@@ -525,7 +527,10 @@ G0_CASES = {
     ),
     "scale_by_amsgrad-reddi": (
         lambda: adamx.scale_by_amsgrad(
-            eps=EPS, eps_root=EPS_ROOT, bias_correction=False
+            eps=EPS,
+            eps_root=EPS_ROOT,
+            bias_correction_mu=False,
+            bias_correction_nu=False,
         ),
         0.1 * SLOPE,
     ),

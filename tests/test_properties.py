@@ -54,9 +54,9 @@ def _make(variant: str, b1, b2, eps):
     if variant == "nadam_direction":
         return adamx.scale_by_adam(b1, b2, eps, 0.0, nesterov=True)
     if variant == "amsgrad":
-        return adamx.scale_by_amsgrad(b1, b2, eps, 0.0, bias_correction=True)
+        return adamx.scale_by_amsgrad(b1, b2, eps, 0.0)
     if variant == "amsgrad_raw":
-        return adamx.scale_by_amsgrad(b1, b2, eps, 0.0, bias_correction=False)
+        return adamx.scale_by_amsgrad(b1, b2, eps, 0.0, None, False, False)
     raise AssertionError(variant)
 
 

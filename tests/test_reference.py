@@ -245,7 +245,12 @@ def _direction(kind: str, flags: dict, hypers: dict, precision: Precision):
 
     else:
         tx = adamx.scale_by_amsgrad(
-            b1, b2, eps, eps_root, bias_correction=flags["bias_correction"]
+            b1,
+            b2,
+            eps,
+            eps_root,
+            bias_correction_mu=flags["bias_correction"],
+            bias_correction_nu=flags["bias_correction"],
         )
 
         def ref(gs):
@@ -365,8 +370,13 @@ ALIAS_CASES = [
     pytest.param("adamw", dict(weight_decay=0.1), "tree", id="adamw-mask_tree"),
     pytest.param("nadam", dict(eps_root=1e-6), None, id="nadam"),
     pytest.param("nadamw", dict(weight_decay=0.1), "callable", id="nadamw-mask_fn"),
-    pytest.param("amsgrad", dict(bias_correction=True), None, id="amsgrad"),
-    pytest.param("amsgrad", dict(bias_correction=False), None, id="amsgrad-reddi"),
+    pytest.param("amsgrad", {}, None, id="amsgrad"),
+    pytest.param(
+        "amsgrad",
+        dict(bias_correction_mu=False, bias_correction_nu=False),
+        None,
+        id="amsgrad-reddi",
+    ),
 ]
 
 
@@ -417,7 +427,7 @@ def test_optimizer_matches_reference(name, kwargs, mask, precision):
                 eps=hp(1e-8),
                 weight_decay=hp(weight_decay) if decayed(p0) else 0.0,
                 nesterov=kwargs.get("nesterov", False),
-                bias_correction=kwargs.get("bias_correction", True),
+                bias_correction=kwargs.get("bias_correction_nu", True),
             )
             # Per-step updates -lr*(u_t + wd*theta): lr times the direction's
             # tolerance, plus lr*wd times the parameters' drift.
@@ -456,7 +466,9 @@ ALL_TRANSFORMS = [
     pytest.param(lambda: adamx.scale_by_adam(nesterov=True), id="scale_by_adam-nest"),
     pytest.param(lambda: adamx.scale_by_amsgrad(), id="scale_by_amsgrad"),
     pytest.param(
-        lambda: adamx.scale_by_amsgrad(bias_correction=False),
+        lambda: adamx.scale_by_amsgrad(
+            bias_correction_mu=False, bias_correction_nu=False
+        ),
         id="scale_by_amsgrad-reddi",
     ),
     pytest.param(lambda: adamx.bias_correction(0.9), id="bias_correction"),
@@ -504,9 +516,11 @@ BF16_RTOL = BF16_ATOL = 0.06
 BF16_CASES = [
     pytest.param("adam", dict(nesterov=False), id="adam"),
     pytest.param("adam", dict(nesterov=True), id="adam-nesterov"),
-    pytest.param("amsgrad", dict(bias_correction=True), id="amsgrad"),
+    pytest.param("amsgrad", {}, id="amsgrad"),
     pytest.param(
-        "amsgrad", dict(bias_correction=False), id="amsgrad-no_bias_correction"
+        "amsgrad",
+        dict(bias_correction_mu=False, bias_correction_nu=False),
+        id="amsgrad-no_bias_correction",
     ),
 ]
 
@@ -527,7 +541,8 @@ def test_bfloat16_storage_stays_close_to_reference(kind, flags):
         ref = lambda gs: reference.adam(gs, nesterov=flags["nesterov"])  # noqa: E731
     else:
         tx = adamx.scale_by_amsgrad(**storage, **flags)
-        ref = lambda gs: reference.amsgrad(gs, bias_correction=flags["bias_correction"])  # noqa: E731
+        debiased = flags.get("bias_correction_nu", True)
+        ref = lambda gs: reference.amsgrad(gs, bias_correction=debiased)  # noqa: E731
 
     _, state, updates = _run(tx, params, grads)
 

@@ -78,15 +78,15 @@ CASES = [
     Case(
         "scale_by_amsgrad",
         "amsgrad",
-        lambda **kw: adamx.scale_by_amsgrad(
-            **_direction_kwargs(kw), bias_correction=True
-        ),
+        lambda **kw: adamx.scale_by_amsgrad(**_direction_kwargs(kw)),
     ),
     Case(
         "scale_by_amsgrad_raw",
         "amsgrad_raw",
         lambda **kw: adamx.scale_by_amsgrad(
-            **_direction_kwargs(kw), bias_correction=False
+            **_direction_kwargs(kw),
+            bias_correction_mu=False,
+            bias_correction_nu=False,
         ),
     ),
     Case(

@@ -875,7 +875,9 @@ def test_stochastic_rounding_is_reproducible_per_seed():
 def test_stochastic_rounding_noise_differs_per_leaf_and_slot(what, pick):
     params = {"a": jnp.zeros(4096), "b": jnp.zeros(4096)}
     grads = {"a": _VALUES, "b": _VALUES}
-    state = _rounded(0, params, grads, bias_correction=False)
+    state = _rounded(
+        0, params, grads, bias_correction_mu=False, bias_correction_nu=False
+    )
     first, second = pick(state)
     assert _differing(first, second) > 0.25, what
 

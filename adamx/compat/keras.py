@@ -13,8 +13,8 @@ from __future__ import annotations
 import optax
 from jax.typing import DTypeLike
 
-from adamx._alias import make_optimizer
-from adamx._validation import check_hyperparameters, quoting
+from adamx._alias import optimizer
+from adamx._validation import DECAY, NON_NEGATIVE, check, quoting
 from adamx.transforms.adam import scale_by_adam
 from adamx.transforms.amsgrad import scale_by_amsgrad
 
@@ -30,7 +30,8 @@ def _direction(
     mu_dtype: DTypeLike | None,
     nu_dtype: DTypeLike | None,
 ) -> optax.GradientTransformation:
-    check_hyperparameters(caller, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon)
+    check(caller, DECAY, beta_1=beta_1, beta_2=beta_2)
+    check(caller, NON_NEGATIVE, epsilon=epsilon)
     options = {"mu_dtype": mu_dtype, "nu_dtype": nu_dtype, "epsilon_hat": True}
     with quoting(caller):
         if amsgrad:
@@ -63,7 +64,7 @@ def adam(
     """
     caller = "adamx.compat.keras.adam"
     direction = _direction(caller, beta_1, beta_2, epsilon, amsgrad, mu_dtype, nu_dtype)
-    return make_optimizer(caller, direction, learning_rate)
+    return optimizer(caller, direction, learning_rate=learning_rate)
 
 
 def adamw(
@@ -85,4 +86,6 @@ def adamw(
     """
     caller = "adamx.compat.keras.adamw"
     direction = _direction(caller, beta_1, beta_2, epsilon, amsgrad, mu_dtype, nu_dtype)
-    return make_optimizer(caller, direction, learning_rate, weight_decay=weight_decay)
+    return optimizer(
+        caller, direction, learning_rate=learning_rate, weight_decay=weight_decay
+    )

@@ -12,8 +12,8 @@ from __future__ import annotations
 import optax
 from jax.typing import DTypeLike
 
-from adamx._alias import make_optimizer
-from adamx._validation import check_hyperparameters, quoting
+from adamx._alias import optimizer
+from adamx._validation import DECAY, NON_NEGATIVE, check, quoting
 from adamx.transforms.adam import scale_by_adam
 from adamx.transforms.amsgrad import scale_by_amsgrad
 
@@ -32,7 +32,8 @@ def _direction(
         b1, b2 = betas
     except (TypeError, ValueError) as err:
         raise ValueError(f"{caller}(betas={betas!r}): betas must be a pair") from err
-    check_hyperparameters(caller, betas=betas, eps=eps)
+    check(caller, DECAY, betas=betas)
+    check(caller, NON_NEGATIVE, eps=eps)
     with quoting(caller):
         if amsgrad:
             return scale_by_amsgrad(
@@ -75,11 +76,11 @@ def adam(
     Array([1.9], dtype=float32)
     """
     caller = "adamx.compat.torch.adam"
-    check_hyperparameters(caller, lr=lr, weight_decay=weight_decay)
+    check(caller, NON_NEGATIVE, lr=lr, weight_decay=weight_decay)
     direction = _direction(caller, betas, eps, amsgrad, mu_dtype, nu_dtype)
     coupled = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
     chained = optax.chain(*_sign(maximize), *coupled, direction)
-    return make_optimizer(caller, chained, lr)
+    return optimizer(caller, chained, learning_rate=lr)
 
 
 def adamw(
@@ -102,7 +103,7 @@ def adamw(
     :func:`adamx.adamw`. Note PyTorch's default ``weight_decay=1e-2``.
     """
     caller = "adamx.compat.torch.adamw"
-    check_hyperparameters(caller, lr=lr, weight_decay=weight_decay)
+    check(caller, NON_NEGATIVE, lr=lr, weight_decay=weight_decay)
     direction = _direction(caller, betas, eps, amsgrad, mu_dtype, nu_dtype)
     chained = optax.chain(*_sign(maximize), direction)
-    return make_optimizer(caller, chained, lr, weight_decay=weight_decay)
+    return optimizer(caller, chained, learning_rate=lr, weight_decay=weight_decay)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -10,9 +9,14 @@ import optax
 from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
-from adamx._alias import optimizer_from
-from adamx._transform import adam_moments, debiased_signal, moment_transform
-from adamx._validation import check_hyperparameters
+from adamx._alias import optimizer
+from adamx._transform import (
+    Hyperparameter,
+    adam_moments,
+    debiased_signal,
+    moment_transform,
+)
+from adamx._validation import DECAY, NON_NEGATIVE
 from adamx.storage import moment_storages
 
 
@@ -38,10 +42,10 @@ def scale_by_adam(
     b2: ArrayLike = 0.999,
     eps: ArrayLike = 1e-8,
     eps_root: ArrayLike = 0.0,
-    *,
     mu_dtype: DTypeLike | None = None,
-    nu_dtype: DTypeLike | None = None,
+    *,
     nesterov: bool = False,
+    nu_dtype: DTypeLike | None = None,
     epsilon_hat: bool = False,
 ) -> optax.GradientTransformation:
     r"""Scales updates by Adam's bias-corrected moment ratio.
@@ -139,8 +143,7 @@ def scale_by_adam(
       https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ
     """
     caller = "scale_by_adam"
-    hyperparameters = {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}
-    check_hyperparameters(caller, **hyperparameters)
+    hyperparameters = adam_hyperparameters(b1, b2, eps, eps_root)
     storages = moment_storages(caller, mu_dtype, nu_dtype)
 
     def direction(g, m, v, *, count, b1, b2, eps, eps_root):
@@ -165,7 +168,16 @@ def scale_by_adam(
     )
 
 
-_adam_family = functools.partial(optimizer_from, scale_by_adam)
+def adam_hyperparameters(
+    b1: ArrayLike, b2: ArrayLike, eps: ArrayLike, eps_root: ArrayLike
+) -> dict[str, Hyperparameter]:
+    """Adam's four, declared: two decay rates and two non-negative epsilons."""
+    return {
+        "b1": Hyperparameter(b1, DECAY),
+        "b2": Hyperparameter(b2, DECAY),
+        "eps": Hyperparameter(eps, NON_NEGATIVE),
+        "eps_root": Hyperparameter(eps_root, NON_NEGATIVE),
+    }
 
 
 def adam(
@@ -174,10 +186,10 @@ def adam(
     b2: ArrayLike = 0.999,
     eps: ArrayLike = 1e-8,
     eps_root: ArrayLike = 0.0,
-    *,
     mu_dtype: DTypeLike | None = None,
-    nu_dtype: DTypeLike | None = None,
+    *,
     nesterov: bool = False,
+    nu_dtype: DTypeLike | None = None,
     epsilon_hat: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Adam: :func:`scale_by_adam` followed by the step :math:`-\alpha_t u_t`.
@@ -192,11 +204,19 @@ def adam(
     >>> optax.apply_updates(w, updates)
     Array(0.6, dtype=float32)
     """
-    return _adam_family(
-        "adam", learning_rate, None, None, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-        mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov,
+    return optimizer(
+        "adam",
+        scale_by_adam,
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        mu_dtype=mu_dtype,
+        nesterov=nesterov,
+        nu_dtype=nu_dtype,
         epsilon_hat=epsilon_hat,
-    )  # fmt: skip
+    )
 
 
 def adamw(
@@ -205,12 +225,12 @@ def adamw(
     b2: ArrayLike = 0.999,
     eps: ArrayLike = 1e-8,
     eps_root: ArrayLike = 0.0,
+    mu_dtype: DTypeLike | None = None,
     weight_decay: optax.ScalarOrSchedule = 1e-4,
     mask: Any = None,
     *,
-    mu_dtype: DTypeLike | None = None,
-    nu_dtype: DTypeLike | None = None,
     nesterov: bool = False,
+    nu_dtype: DTypeLike | None = None,
     epsilon_hat: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdamW: Adam with decoupled weight decay (Loshchilov & Hutter 2019).
@@ -226,11 +246,21 @@ def adamw(
       Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019.
       https://arxiv.org/abs/1711.05101
     """
-    return _adam_family(
-        "adamw", learning_rate, weight_decay, mask, b1=b1, b2=b2, eps=eps,
-        eps_root=eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov,
+    return optimizer(
+        "adamw",
+        scale_by_adam,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        mask=mask,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        mu_dtype=mu_dtype,
+        nesterov=nesterov,
+        nu_dtype=nu_dtype,
         epsilon_hat=epsilon_hat,
-    )  # fmt: skip
+    )
 
 
 def nadam(
@@ -239,9 +269,11 @@ def nadam(
     b2: ArrayLike = 0.999,
     eps: ArrayLike = 1e-8,
     eps_root: ArrayLike = 0.0,
-    *,
     mu_dtype: DTypeLike | None = None,
+    *,
+    nesterov: bool = True,
     nu_dtype: DTypeLike | None = None,
+    epsilon_hat: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""NAdam: :func:`adam` with Nesterov momentum, as ``optax.nadam``.
 
@@ -253,10 +285,19 @@ def nadam(
       Dozat, *Incorporating Nesterov Momentum into Adam*, ICLR Workshop 2016.
       https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ
     """
-    return _adam_family(
-        "nadam", learning_rate, None, None, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-        mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=True,
-    )  # fmt: skip
+    return optimizer(
+        "nadam",
+        scale_by_adam,
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        mu_dtype=mu_dtype,
+        nesterov=nesterov,
+        nu_dtype=nu_dtype,
+        epsilon_hat=epsilon_hat,
+    )
 
 
 def nadamw(
@@ -265,17 +306,30 @@ def nadamw(
     b2: ArrayLike = 0.999,
     eps: ArrayLike = 1e-8,
     eps_root: ArrayLike = 0.0,
+    mu_dtype: DTypeLike | None = None,
     weight_decay: optax.ScalarOrSchedule = 1e-4,
     mask: Any = None,
     *,
-    mu_dtype: DTypeLike | None = None,
+    nesterov: bool = True,
     nu_dtype: DTypeLike | None = None,
+    epsilon_hat: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """NAdamW: :func:`adamw` with the Nesterov momentum of :func:`nadam`.
 
     Matches ``optax.nadamw``; decoupled weight decay as in :func:`adamw`.
     """
-    return _adam_family(
-        "nadamw", learning_rate, weight_decay, mask, b1=b1, b2=b2, eps=eps,
-        eps_root=eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=True,
-    )  # fmt: skip
+    return optimizer(
+        "nadamw",
+        scale_by_adam,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        mask=mask,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        mu_dtype=mu_dtype,
+        nesterov=nesterov,
+        nu_dtype=nu_dtype,
+        epsilon_hat=epsilon_hat,
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -11,9 +10,14 @@ import optax
 from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
-from adamx._alias import make_optimizer
-from adamx._transform import adam_moments, debiased_signal, moment_transform
-from adamx._validation import caller_name, check_hyperparameters
+from adamx._alias import optimizer
+from adamx._transform import (
+    Hyperparameter,
+    adam_moments,
+    debiased_signal,
+    moment_transform,
+)
+from adamx._validation import DECAY, NON_NEGATIVE, caller_name
 from adamx.storage import moment_storages
 from adamx.transforms.adam import ScaleByAdamState
 
@@ -140,8 +144,13 @@ def scale_by_adam_atan2(
       https://github.com/lucidrains/adam-atan2-pytorch
     """
     caller = caller_name("scale_by_adam_atan2")
-    hyperparameters = {"b1": b1, "b2": b2, "a": a, "b": b, "eps_root": eps_root}
-    check_hyperparameters(caller, **hyperparameters)
+    hyperparameters = {
+        "b1": Hyperparameter(b1, DECAY),
+        "b2": Hyperparameter(b2, DECAY),
+        "a": Hyperparameter(a, NON_NEGATIVE),
+        "b": Hyperparameter(b, NON_NEGATIVE),
+        "eps_root": Hyperparameter(eps_root, NON_NEGATIVE),
+    }
     storages = moment_storages(caller, mu_dtype, nu_dtype)
 
     def direction(g, m, v, *, count, b1, b2, a, b, eps_root):
@@ -198,21 +207,17 @@ def adam_atan2(
     :math:`= \lambda/\alpha_0` here for the same effect with a constant
     rate.)
     """
-    direction = functools.partial(
+    return optimizer(
+        "adam_atan2",
         scale_by_adam_atan2,
-        b1,
-        b2,
-        a,
-        b,
-        eps_root,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        mask=mask,
+        b1=b1,
+        b2=b2,
+        a=a,
+        b=b,
+        eps_root=eps_root,
         mu_dtype=mu_dtype,
         nu_dtype=nu_dtype,
-    )
-    no_decay = isinstance(weight_decay, (int, float)) and weight_decay == 0
-    return make_optimizer(
-        "adam_atan2",
-        direction,
-        learning_rate,
-        weight_decay=None if no_decay else weight_decay,
-        mask=mask,
     )

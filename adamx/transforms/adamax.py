@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -11,9 +10,9 @@ import optax
 from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
-from adamx._alias import optimizer_from
-from adamx._transform import moment_transform
-from adamx._validation import check_hyperparameters
+from adamx._alias import optimizer
+from adamx._transform import Hyperparameter, moment_transform
+from adamx._validation import DECAY, NON_NEGATIVE
 from adamx.storage import moment_storages
 
 
@@ -109,8 +108,11 @@ def scale_by_adamax(
       Section 7.1 and Algorithm 2. https://arxiv.org/abs/1412.6980
     """
     caller = "scale_by_adamax"
-    hyperparameters = {"b1": b1, "b2": b2, "eps": eps}
-    check_hyperparameters(caller, **hyperparameters)
+    hyperparameters = {
+        "b1": Hyperparameter(b1, DECAY),
+        "b2": Hyperparameter(b2, DECAY),
+        "eps": Hyperparameter(eps, NON_NEGATIVE),
+    }
     storages = moment_storages(caller, mu_dtype, nu_dtype)
 
     def moments(g, m, u, *, b1, b2, eps, **_):
@@ -137,9 +139,6 @@ def _signal(m, u, *, count, b1, **_):
     return numerics.signal_to_noise(numerics.bias_correction(m, b1, count), u * u)
 
 
-_adamax_family = functools.partial(optimizer_from, scale_by_adamax)
-
-
 def adamax(
     learning_rate: optax.ScalarOrSchedule,
     b1: ArrayLike = 0.9,
@@ -162,10 +161,16 @@ def adamax(
     >>> optax.apply_updates(w, updates)  # the first step is alpha * sign(g)
     Array(0.6, dtype=float32)
     """
-    return _adamax_family(
-        "adamax", learning_rate, None, None, b1=b1, b2=b2, eps=eps,
-        mu_dtype=mu_dtype, nu_dtype=nu_dtype,
-    )  # fmt: skip
+    return optimizer(
+        "adamax",
+        scale_by_adamax,
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+    )
 
 
 def adamaxw(
@@ -192,7 +197,15 @@ def adamaxw(
       Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019.
       https://arxiv.org/abs/1711.05101
     """
-    return _adamax_family(
-        "adamaxw", learning_rate, weight_decay, mask, b1=b1, b2=b2, eps=eps,
-        mu_dtype=mu_dtype, nu_dtype=nu_dtype,
-    )  # fmt: skip
+    return optimizer(
+        "adamaxw",
+        scale_by_adamax,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        mask=mask,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -11,9 +10,14 @@ import optax
 from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
-from adamx._alias import make_optimizer
-from adamx._transform import adam_moments, debiased_signal, moment_transform
-from adamx._validation import check_hyperparameters
+from adamx._alias import optimizer
+from adamx._transform import (
+    Hyperparameter,
+    adam_moments,
+    debiased_signal,
+    moment_transform,
+)
+from adamx._validation import DECAY, NON_NEGATIVE, check
 from adamx.storage import moment_storages
 
 
@@ -38,11 +42,11 @@ def scale_by_ademamix(
     b1: ArrayLike = 0.9,
     b2: ArrayLike = 0.999,
     b3: optax.ScalarOrSchedule = 0.9999,
-    alpha: optax.ScalarOrSchedule = 5.0,
+    alpha: optax.ScalarOrSchedule = 6.0,
     eps: ArrayLike = 1e-8,
     eps_root: ArrayLike = 0.0,
-    *,
     mu_dtype: DTypeLike | None = None,
+    *,
     nu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformation:
     r"""Scales updates by AdEMAMix's mixture of a fast and a slow momentum.
@@ -74,10 +78,11 @@ def scale_by_ademamix(
     :func:`ademamix_b3_schedule` and
     ``optax.linear_schedule(0.0, alpha, warmup_steps)``.
 
-    The default :math:`\alpha = 5` is that of the authors' implementation
-    (apple/ml-ademamix) and of ``optax.contrib.ademamix``; the paper tunes
-    :math:`\alpha` per task. ``optax.contrib.scale_by_ademamix`` defaults to
-    :math:`\alpha = 6`; with equal arguments the two compute the same update.
+    The defaults are optax's: :math:`\alpha = 6` here, as in
+    ``optax.contrib.scale_by_ademamix``, and :math:`\alpha = 5` in
+    :func:`ademamix`, the authors' implementation's (apple/ml-ademamix) and
+    ``optax.contrib.ademamix``'s; the paper tunes :math:`\alpha` per task.
+    With equal arguments adamx and optax compute the same update.
     Unlike optax, adamx stores :math:`v` in ``nu_dtype`` rather than
     ``mu_dtype``.
     Computation is in float32 or wider; updates come out in the gradient's
@@ -126,14 +131,13 @@ def scale_by_ademamix(
     """
     caller = "scale_by_ademamix"
     hyperparameters = {
-        "b1": b1,
-        "b2": b2,
-        "b3": b3,
-        "alpha": alpha,
-        "eps": eps,
-        "eps_root": eps_root,
+        "b1": Hyperparameter(b1, DECAY),
+        "b2": Hyperparameter(b2, DECAY),
+        "b3": Hyperparameter(b3, DECAY),
+        "alpha": Hyperparameter(alpha, NON_NEGATIVE),
+        "eps": Hyperparameter(eps, NON_NEGATIVE),
+        "eps_root": Hyperparameter(eps_root, NON_NEGATIVE),
     }
-    check_hyperparameters(caller, **hyperparameters)
     mu_storage, nu_storage = moment_storages(caller, mu_dtype, nu_dtype)
     storages = (mu_storage, mu_storage, nu_storage)
 
@@ -167,10 +171,10 @@ def ademamix(
     alpha: optax.ScalarOrSchedule = 5.0,
     eps: ArrayLike = 1e-8,
     eps_root: ArrayLike = 0.0,
+    mu_dtype: DTypeLike | None = None,
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: Any = None,
     *,
-    mu_dtype: DTypeLike | None = None,
     nu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdEMAMix with decoupled weight decay, as the paper defines it.
@@ -183,12 +187,20 @@ def ademamix(
     function of the params) limits the decay to some leaves, as in
     ``optax.add_decayed_weights``. Matches ``optax.contrib.ademamix``.
     """
-    direction = functools.partial(
+    return optimizer(
+        "ademamix",
         scale_by_ademamix,
-        b1, b2, b3, alpha, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
-    )  # fmt: skip
-    return make_optimizer(
-        "ademamix", direction, learning_rate, weight_decay=weight_decay, mask=mask
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        mask=mask,
+        b1=b1,
+        b2=b2,
+        b3=b3,
+        alpha=alpha,
+        eps=eps,
+        eps_root=eps_root,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
     )
 
 
@@ -228,9 +240,9 @@ def ademamix_b3_schedule(
       >>> float(sched(0)), float(sched(100))
       (0.9..., 0.9999...)
     """
-    check_hyperparameters(
-        "ademamix_b3_schedule", b3=b3, warmup_steps=warmup_steps, b_start=b_start
-    )
+    caller = "ademamix_b3_schedule"
+    check(caller, DECAY, b3=b3, b_start=b_start)
+    check(caller, NON_NEGATIVE, warmup_steps=warmup_steps)
 
     def schedule(step: ArrayLike) -> jax.Array:
         if warmup_steps == 0:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -12,10 +11,11 @@ import optax
 from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
-from adamx._alias import optimizer_from
-from adamx._transform import moment_transform
-from adamx._validation import check_hyperparameters
+from adamx._alias import optimizer
+from adamx._transform import Hyperparameter, moment_transform
+from adamx._validation import REAL
 from adamx.storage import moment_storages
+from adamx.transforms.adam import adam_hyperparameters
 
 
 class ScaleByAdoptState(NamedTuple):
@@ -52,13 +52,13 @@ def scale_by_adopt(
     b1: ArrayLike = 0.9,
     b2: ArrayLike = 0.9999,
     eps: ArrayLike = 1e-6,
-    eps_root: ArrayLike = 0.0,
-    *,
     mu_dtype: DTypeLike | None = None,
-    nu_dtype: DTypeLike | None = None,
+    *,
     nesterov: bool = False,
-    clip: bool = True,
+    use_clipping: bool = True,
     clip_value_fn: Callable[[jax.Array], ArrayLike] = _quarter_power,
+    eps_root: ArrayLike = 0.0,
+    nu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformation:
     r"""Scales updates by ADOPT's momentum of gradients normalised by past moments.
 
@@ -90,9 +90,9 @@ def scale_by_adopt(
     :math:`m` from 0. Symbols map to arguments as :math:`\beta_1` = ``b1``,
     :math:`\beta_2` = ``b2``, :math:`\epsilon` = ``eps``,
     :math:`\epsilon_{root}` = ``eps_root`` and :math:`c_t` =
-    ``clip_value_fn(t)``; ``clip=False`` gives unclipped ADOPT,
+    ``clip_value_fn(t)``; ``use_clipping=False`` gives unclipped ADOPT,
     :math:`\tilde g_t` without the clip. The update matches
-    ``optax.contrib.scale_by_adopt`` with ``use_clipping=clip``; adamx adds
+    ``optax.contrib.scale_by_adopt``, with optax's arguments; adamx adds
     ``eps_root`` and a separate ``nu_dtype``.
 
     Computation is in float32 or wider whatever the storage dtypes; updates
@@ -116,12 +116,12 @@ def scale_by_adopt(
         old second moment); None for each parameter's real dtype.
       nesterov: use the Nesterov look-ahead :math:`\beta_1 m_t + (1 - \beta_1)
         \tilde g_t` as the update, as ``optax.contrib.scale_by_adopt`` does.
-      clip: clip the normalised gradient to :math:`[-c_t, c_t]`. The bound
+      use_clipping: clip the normalised gradient to :math:`[-c_t, c_t]`. The bound
         grows from 0, so early normalised gradients, divided by a
         :math:`v_{t-1}` built from very few gradients, cannot blow up.
       clip_value_fn: :math:`c_t` as a function of the step :math:`t` (the
         number of gradients already seen, 0 at step 1), or a number; default
-        :math:`t^{1/4}`. Ignored when ``clip`` is False.
+        :math:`t^{1/4}`. Ignored when ``use_clipping`` is False.
 
     Returns:
       An ``optax.GradientTransformation`` with state :class:`ScaleByAdoptState`.
@@ -152,15 +152,9 @@ def scale_by_adopt(
       https://arxiv.org/abs/2411.02853
     """
     caller = "scale_by_adopt"
-    hyperparameters: dict[str, Any] = {
-        "b1": b1,
-        "b2": b2,
-        "eps": eps,
-        "eps_root": eps_root,
-    }
-    check_hyperparameters(caller, **hyperparameters)
-    if clip:
-        hyperparameters["clip_value"] = clip_value_fn
+    hyperparameters = adam_hyperparameters(b1, b2, eps, eps_root)
+    if use_clipping:
+        hyperparameters["clip_value"] = Hyperparameter(clip_value_fn, REAL)
     storages = moment_storages(caller, mu_dtype, nu_dtype)
 
     def leaf_update(g, m, v, *, count, b1, b2, eps, eps_root, clip_value=None):
@@ -192,21 +186,18 @@ def scale_by_adopt(
     )
 
 
-_adopt_family = functools.partial(optimizer_from, scale_by_adopt)
-
-
 def adopt(
     learning_rate: optax.ScalarOrSchedule,
     b1: ArrayLike = 0.9,
     b2: ArrayLike = 0.9999,
     eps: ArrayLike = 1e-6,
-    eps_root: ArrayLike = 0.0,
-    *,
     mu_dtype: DTypeLike | None = None,
-    nu_dtype: DTypeLike | None = None,
+    *,
     nesterov: bool = False,
-    clip: bool = True,
+    use_clipping: bool = True,
     clip_value_fn: Callable[[jax.Array], ArrayLike] = _quarter_power,
+    eps_root: ArrayLike = 0.0,
+    nu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""ADOPT: :func:`scale_by_adopt` followed by the step :math:`-\alpha_t u_t`.
 
@@ -214,11 +205,20 @@ def adopt(
     other arguments are :func:`scale_by_adopt`'s. Matches
     ``optax.contrib.adopt``. The first step leaves the parameters unchanged.
     """
-    return _adopt_family(
-        "adopt", learning_rate, None, None, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-        mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov, clip=clip,
+    return optimizer(
+        "adopt",
+        scale_by_adopt,
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        mu_dtype=mu_dtype,
+        nesterov=nesterov,
+        use_clipping=use_clipping,
         clip_value_fn=clip_value_fn,
-    )  # fmt: skip
+        eps_root=eps_root,
+        nu_dtype=nu_dtype,
+    )
 
 
 def adoptw(
@@ -226,15 +226,15 @@ def adoptw(
     b1: ArrayLike = 0.9,
     b2: ArrayLike = 0.9999,
     eps: ArrayLike = 1e-6,
-    eps_root: ArrayLike = 0.0,
+    mu_dtype: DTypeLike | None = None,
     weight_decay: optax.ScalarOrSchedule = 1e-4,
     mask: Any = None,
     *,
-    mu_dtype: DTypeLike | None = None,
-    nu_dtype: DTypeLike | None = None,
     nesterov: bool = False,
-    clip: bool = True,
+    use_clipping: bool = True,
     clip_value_fn: Callable[[jax.Array], ArrayLike] = _quarter_power,
+    eps_root: ArrayLike = 0.0,
+    nu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""ADOPT with decoupled weight decay, as AdamW adds it to Adam.
 
@@ -250,8 +250,19 @@ def adoptw(
       Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019.
       https://arxiv.org/abs/1711.05101
     """
-    return _adopt_family(
-        "adoptw", learning_rate, weight_decay, mask, b1=b1, b2=b2, eps=eps,
-        eps_root=eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov,
-        clip=clip, clip_value_fn=clip_value_fn,
-    )  # fmt: skip
+    return optimizer(
+        "adoptw",
+        scale_by_adopt,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        mask=mask,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        mu_dtype=mu_dtype,
+        nesterov=nesterov,
+        use_clipping=use_clipping,
+        clip_value_fn=clip_value_fn,
+        eps_root=eps_root,
+        nu_dtype=nu_dtype,
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -10,10 +9,10 @@ import optax
 from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
-from adamx._alias import make_optimizer
+from adamx._alias import optimizer
 from adamx._transform import debiased_signal, moment_transform
-from adamx._validation import check_hyperparameters
 from adamx.storage import moment_storages
+from adamx.transforms.adam import adam_hyperparameters
 
 
 class ScaleByBeliefState(NamedTuple):
@@ -116,8 +115,7 @@ def scale_by_belief(
       Gradients*, NeurIPS 2020. https://arxiv.org/abs/2010.07468
     """
     caller = "scale_by_belief"
-    hyperparameters = {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}
-    check_hyperparameters(caller, **hyperparameters)
+    hyperparameters = adam_hyperparameters(b1, b2, eps, eps_root)
     storages = moment_storages(caller, mu_dtype, nu_dtype)
 
     def moments(g, m, s, *, b1, b2, eps_root, **_):
@@ -160,15 +158,15 @@ def adabelief(
     ``learning_rate`` is :math:`\alpha`, a float or an optax schedule.
     Matches ``optax.adabelief``.
     """
-    direction = functools.partial(
+    return optimizer(
+        "adabelief",
         scale_by_belief,
-        b1,
-        b2,
-        eps,
-        eps_root,
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        nesterov=nesterov,
         mu_dtype=mu_dtype,
         nu_dtype=nu_dtype,
-        nesterov=nesterov,
     )
-    # Built lazily so that its errors quote the alias, e.g. adabelief(b1=1.5).
-    return make_optimizer("adabelief", direction, learning_rate)

@@ -9,8 +9,8 @@ import optax
 from jax.typing import ArrayLike
 
 from adamx import numerics
-from adamx._transform import moment_transform
-from adamx._validation import check_hyperparameters
+from adamx._transform import Hyperparameter, moment_transform
+from adamx._validation import DECAY
 
 
 class BiasCorrectionState(NamedTuple):
@@ -59,11 +59,15 @@ def bias_correction(decay: ArrayLike) -> optax.GradientTransformation:
       https://arxiv.org/abs/1412.6980
     """
     caller = "bias_correction"
-    check_hyperparameters(caller, decay=decay)
 
     def leaf_update(x, *, count, decay):
         return (numerics.bias_correction(x, decay, count),)
 
     return moment_transform(
-        caller, BiasCorrectionState, (), {"decay": decay}, leaf_update
+        caller,
+        BiasCorrectionState,
+        (),
+        {"decay": Hyperparameter(decay, DECAY)},
+        leaf_update,
+        signal=None,  # no moments of its own
     )

@@ -11,8 +11,8 @@ import optax
 from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
-from adamx._alias import add_decayed_weights, make_optimizer
-from adamx._validation import caller_name, check_hyperparameters, quoting
+from adamx._alias import decay_steps, optimizer
+from adamx._validation import caller_name, quoting
 from adamx.transforms.adam import scale_by_adam
 
 
@@ -114,10 +114,7 @@ def scale_by_lamb(
       minutes*, ICLR 2020. https://arxiv.org/abs/1904.00962
     """
     caller = caller_name("scale_by_lamb")
-    check_hyperparameters(
-        caller, b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay
-    )
-    with quoting(caller):  # a bad dtype is reported as this call's
+    with quoting(caller):  # errors are reported as this call's
         adam = scale_by_adam(
             b1=b1,
             b2=b2,
@@ -127,7 +124,8 @@ def scale_by_lamb(
             nu_dtype=nu_dtype,
             nesterov=nesterov,
         )
-    return optax.chain(adam, add_decayed_weights(weight_decay, mask), _trust_ratio())
+        decay = decay_steps(caller, weight_decay, mask)
+    return optax.chain(adam, *decay, _trust_ratio())
 
 
 def _trust_ratio() -> optax.GradientTransformation:
@@ -181,16 +179,17 @@ def lamb(
     weight decay is inside :func:`scale_by_lamb`, before the trust ratio.
     Matches ``optax.lamb``.
     """
-    direction = functools.partial(
-        scale_by_lamb,
-        b1,
-        b2,
-        eps,
-        eps_root,
-        weight_decay,
-        mask,
+    # LAMB's decay belongs inside the trust ratio, so it goes to the direction.
+    direction = functools.partial(scale_by_lamb, weight_decay=weight_decay, mask=mask)
+    return optimizer(
+        "lamb",
+        direction,
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
         mu_dtype=mu_dtype,
         nu_dtype=nu_dtype,
         nesterov=nesterov,
     )
-    return make_optimizer("lamb", direction, learning_rate)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -11,11 +10,16 @@ import optax
 from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
-from adamx._alias import make_optimizer
-from adamx._transform import adam_moments, debiased_signal, moment_transform
-from adamx._validation import caller_name, check_hyperparameters
+from adamx._alias import optimizer
+from adamx._transform import (
+    Hyperparameter,
+    adam_moments,
+    debiased_signal,
+    moment_transform,
+)
+from adamx._validation import RECTIFIABLE, caller_name
 from adamx.storage import moment_storages
-from adamx.transforms.adam import ScaleByAdamState
+from adamx.transforms.adam import ScaleByAdamState, adam_hyperparameters
 
 # 1/k! for k = 2..18: the Taylor series of expm1(y) - y to below float64's
 # rounding for |y| <= 1 (the first omitted term is 1/19! < 1e-17).
@@ -188,13 +192,9 @@ def scale_by_radam(
     """
     caller = caller_name("scale_by_radam")
     hyperparameters = {
-        "b1": b1,
-        "b2": b2,
-        "eps": eps,
-        "eps_root": eps_root,
-        "threshold": threshold,
+        **adam_hyperparameters(b1, b2, eps, eps_root),
+        "threshold": Hyperparameter(threshold, RECTIFIABLE),
     }
-    check_hyperparameters(caller, **hyperparameters)
     storages = moment_storages(caller, mu_dtype, nu_dtype)
 
     def direction(g, m, v, *, count, b1, b2, eps, eps_root, threshold):
@@ -241,15 +241,16 @@ def radam(
     ``optax.radam`` in float64; in float32 it stays closer to that float64
     trajectory than ``optax.radam`` does (see :func:`scale_by_radam`).
     """
-    direction = functools.partial(
+    return optimizer(
+        "radam",
         scale_by_radam,
-        b1,
-        b2,
-        eps,
-        eps_root,
-        threshold,
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        threshold=threshold,
+        nesterov=nesterov,
         mu_dtype=mu_dtype,
         nu_dtype=nu_dtype,
-        nesterov=nesterov,
     )
-    return make_optimizer("radam", direction, learning_rate)

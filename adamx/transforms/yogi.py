@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -11,10 +10,11 @@ import optax
 from jax.typing import ArrayLike, DTypeLike
 
 from adamx import numerics
-from adamx._alias import make_optimizer
+from adamx._alias import optimizer
 from adamx._transform import debiased_direction, debiased_signal, moment_transform
-from adamx._validation import check_hyperparameters
+from adamx._validation import NON_NEGATIVE, check
 from adamx.storage import moment_storages
+from adamx.transforms.adam import adam_hyperparameters
 
 
 class ScaleByYogiState(NamedTuple):
@@ -118,10 +118,8 @@ def scale_by_yogi(
       https://papers.nips.cc/paper_files/paper/2018/hash/90365351ccc7437a1309dc64e4db32a3-Abstract.html
     """
     caller = "scale_by_yogi"
-    hyperparameters = {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}
-    check_hyperparameters(
-        caller, **hyperparameters, initial_accumulator_value=initial_accumulator_value
-    )
+    hyperparameters = adam_hyperparameters(b1, b2, eps, eps_root)
+    check(caller, NON_NEGATIVE, initial_accumulator_value=initial_accumulator_value)
     storages = moment_storages(caller, mu_dtype, nu_dtype)
 
     def moments(g, m, v, *, b1, b2, **_):
@@ -146,9 +144,9 @@ def yogi(
     b1: ArrayLike = 0.9,
     b2: ArrayLike = 0.999,
     eps: ArrayLike = 1e-3,
+    *,
     eps_root: ArrayLike = 0.0,
     initial_accumulator_value: ArrayLike = 1e-6,
-    *,
     mu_dtype: DTypeLike | None = None,
     nu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -158,15 +156,15 @@ def yogi(
     the default ``eps_root`` and ``initial_accumulator_value`` this matches
     ``optax.yogi``, which exposes neither.
     """
-    direction = functools.partial(
+    return optimizer(
+        "yogi",
         scale_by_yogi,
-        b1,
-        b2,
-        eps,
-        eps_root,
-        initial_accumulator_value,
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        initial_accumulator_value=initial_accumulator_value,
         mu_dtype=mu_dtype,
         nu_dtype=nu_dtype,
     )
-    # Built lazily so that its errors quote the alias, e.g. yogi(b1=1.5).
-    return make_optimizer("yogi", direction, learning_rate)
