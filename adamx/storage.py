@@ -452,8 +452,14 @@ def resolve_storage(
 ) -> Storage:
     """Validates a ``mu_dtype``/``nu_dtype`` argument once, when a transform is built.
 
-    Accepts None, a floating dtype, ``"int8"``, ``"int4"``, :class:`Quantized`
-    or :class:`StochasticRounding`.
+    Accepts None, a floating dtype, ``"int8"``, ``"int4"``, :class:`Quantized`,
+    :class:`StochasticRounding` or :class:`Rounded`.
+
+    For a first moment a dtype names a precision, real or complex alike: with
+    ``mu_dtype=jnp.float32`` or ``jnp.complex64``, a complex parameter's
+    :math:`m` is stored as complex64 and a real parameter's as float32 (a real
+    parameter's moment is real; optax would store it as complex). A second
+    moment is real for every parameter, so ``nu_dtype`` refuses complex dtypes.
 
     Raises:
       ValueError: naming the call, the argument and the value, when the value
@@ -476,6 +482,16 @@ def resolve_storage(
             f"{caller}({arg}={value!r}): unknown dtype; use a floating dtype, "
             '"int8", "int4", adamx.Quantized(...) or adamx.StochasticRounding(...)'
         ) from err
+    if jnp.issubdtype(dtype, jnp.complexfloating) and not rounded:
+        if real:
+            raise ValueError(
+                f"{caller}({arg}={value!r}): this moment is real (it tracks "
+                "|g|^2), also for complex parameters; give its precision as a "
+                f"real dtype, {jnp.finfo(dtype).dtype.name}"
+            )
+        # A complex dtype names a precision: complex parameters store their
+        # moment in it, real parameters in its real counterpart.
+        dtype = np.dtype(jnp.finfo(dtype).dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(
             f"{caller}({arg}={value!r}): state must be stored in a floating dtype "

@@ -372,6 +372,13 @@ def _check_helper(mesh, tx, params, state, result) -> None:
         with jax.set_mesh(mesh):
             init = jax.jit(tx.init, out_shardings=shardings)
             placed = jax.block_until_ready(init(params))
+        # init itself on parameters that do not exist yet, with their shardings.
+        planned = tx.init(
+            jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                params,
+            )
+        )
     except Exception as err:
         failures.append(_raised(err))
         result["traceback"] = traceback.format_exc(limit=-8)
@@ -383,6 +390,12 @@ def _check_helper(mesh, tx, params, state, result) -> None:
     failures += _same_shardings(state, shardings, "jit(tx.init) against helper")
     failures += _same_shardings(state, from_abstract, "helper from abstract params")
     failures += _same_shardings(placed, shardings, "jit(init, out_shardings)")
+    failures += _same_shardings(planned, shardings, "init on ShapeDtypeStruct")
+    if not all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(planned)):
+        failures.append("init on ShapeDtypeStruct: a leaf is not abstract")
+    shapes = [(x.shape, x.dtype) for x in jax.tree.leaves(planned)]
+    if shapes != [(x.shape, x.dtype) for x in jax.tree.leaves(state)]:
+        failures.append("init on ShapeDtypeStruct: shapes or dtypes differ")
     # The spec each leaf must have, from the parameters' table, not the helper.
     _, bad = check_shardings(mesh, placed, "jit(init, out_shardings)")
     failures += bad
