@@ -599,3 +599,30 @@ def test_checkpoint_round_trip_is_bitwise(name: str, jit: bool) -> None:
     original = _run(name, params_mid, grads[2:], state, jit=jit)
     resumed = _run(name, params_mid, grads[2:], restored, jit=jit)
     _assert_trees_equal(resumed, original)
+
+
+DECAYED = ["adamw", "nadamw", "adamaxw", "adoptw", "lamb", "adam_atan2", "ademamix"]
+
+
+@pytest.mark.parametrize("name", DECAYED)
+def test_zero_weight_decay_adds_no_step_and_injected_zero_keeps_one(name):
+    """The builder's rule: a plain 0 (or None) means no decay step at all;
+    an array, a tracer or a schedule always gets one, even when zero, so that
+    inject_hyperparams sees the same chain at init and in a jitted update."""
+    factory = getattr(adamx, name)
+    params = {"w": jnp.arange(1.0, 5.0)}
+    grads = {"w": jnp.ones(4)}
+    without = factory(1e-2, weight_decay=0.0)
+    with_step = factory(1e-2, weight_decay=jnp.asarray(0.0))
+
+    def nodes(tx):
+        return jax.tree.structure(tx.init(params)).num_nodes
+
+    assert nodes(without) < nodes(with_step)  # one EmptyState fewer
+    u0, _ = without.update(grads, without.init(params), params)
+    u1, _ = with_step.update(grads, with_step.init(params), params)
+    np.testing.assert_array_equal(np.asarray(u0["w"]), np.asarray(u1["w"]))
+    injected = optax.inject_hyperparams(factory)(learning_rate=1e-2, weight_decay=0.0)
+    state = injected.init(params)
+    updates, state = jax.jit(injected.update)(grads, state, params)
+    np.testing.assert_allclose(np.asarray(updates["w"]), np.asarray(u0["w"]), rtol=1e-6)
