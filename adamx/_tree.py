@@ -14,6 +14,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from adamx import _reduce
+
 PyTree = Any
 
 
@@ -106,6 +108,8 @@ def init_leaves(caller: str, fn: Callable[[jax.Array], Any], params: PyTree) -> 
 
 
 _INT32_MAX = 2**31 - 1
+_saturating_add = _reduce.saturating_add
+_SLICE = 2**20  # entries per non-finite count
 
 
 def _wide(leaf: Any) -> jax.Array:
@@ -114,7 +118,8 @@ def _wide(leaf: Any) -> jax.Array:
     return leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32)).ravel()
 
 
-def _floating_leaves(tree: PyTree) -> list[jax.Array]:
+def floating_leaves(tree: PyTree) -> list[jax.Array]:
+    """The non-empty floating leaves, flattened, in float32 or wider."""
     return [
         _wide(leaf)
         for leaf in jax.tree.leaves(tree)
@@ -125,21 +130,12 @@ def _floating_leaves(tree: PyTree) -> list[jax.Array]:
 def sum_of_squares(tree: PyTree) -> jax.Array:
     r""":math:`\sum |x|^2` over the floating leaves of ``tree``, in float32 or wider.
 
-    Computed as dot products: XLA on the CPU hands plain reductions to a
-    library that cannot fuse their inputs, so ``sum(square(x))`` would first
-    write ``square(x)`` out in full, while a dot product reads ``x`` once.
+    Computed as dot products, which XLA:CPU (jax 0.10) compiles to a square
+    fused into the sum, reading ``x`` once, unless the same square is used
+    elsewhere in the computation: then it is written out in full first.
     """
     zero = jnp.zeros([], jnp.float32)
-    return sum((jnp.vdot(x, x).real for x in _floating_leaves(tree)), zero)
-
-
-def largest_magnitude(tree: PyTree) -> jax.Array:
-    r""":math:`\max |x|` over the floating leaves (NaN if any entry is NaN)."""
-    found = [
-        jnp.max(jnp.abs(x)) if jnp.iscomplexobj(x) else jnp.maximum(x.max(), -x.min())
-        for x in _floating_leaves(tree)
-    ]
-    return jnp.max(jnp.stack(found)) if found else jnp.zeros([], jnp.float32)
+    return sum((jnp.vdot(x, x).real for x in floating_leaves(tree)), zero)
 
 
 def global_norm(tree: PyTree, squares: jax.Array | None = None) -> jax.Array:
@@ -147,29 +143,23 @@ def global_norm(tree: PyTree, squares: jax.Array | None = None) -> jax.Array:
 
     The plain sum of squares (``squares``, if already computed) is used
     unless it over- or underflowed; only then (a ``lax.cond``) is the tree
-    read again, scaled by its largest magnitude :math:`M`:
-    :math:`M \sqrt{\sum (|x_i| / M)^2}`. So entries up to the float32
-    maximum and down to its smallest normal count. The norm is NaN if an
-    entry is NaN and :math:`+\infty` if one is infinite.
+    read again, by :func:`adamx._reduce.norm_and_largest`, whose rescaling
+    lets entries up to the float32 maximum and down to its smallest normal
+    count. The norm is NaN if an entry is NaN and :math:`+\infty` if one is
+    infinite.
     """
-    leaves = _floating_leaves(tree)
-    if not leaves:
+    if not floating_leaves(tree):
         return jnp.zeros([], jnp.float32)
     squares = sum_of_squares(tree) if squares is None else squares
-
-    def rescaled(_):
-        largest = largest_magnitude(tree)
-        scale = jnp.where(jnp.isfinite(largest) & (largest > 0), largest, 1.0)
-        total = sum(jnp.vdot(x / scale, x / scale).real for x in leaves)
-        return jnp.where(jnp.isfinite(largest), scale * jnp.sqrt(total), largest)
-
     fine = jnp.isfinite(squares) & (squares > jnp.finfo(jnp.float32).tiny)
-    return jax.lax.cond(fine, lambda _: jnp.sqrt(squares), rescaled, None)
-
-
-def _saturating_add(a: jax.Array, b: jax.Array) -> jax.Array:
-    """``a + b`` for int32 ``a, b >= 0``, stopping at the int32 maximum."""
-    return jnp.where(a > _INT32_MAX - b, _INT32_MAX, a + b).astype(jnp.int32)
+    return jax.lax.cond(
+        fine,
+        lambda _: jnp.sqrt(squares),
+        lambda _: _reduce.norm_and_largest(floating_leaves(tree))[0].astype(
+            squares.dtype
+        ),
+        None,
+    )
 
 
 def count_nonfinite(
@@ -180,24 +170,29 @@ def count_nonfinite(
     A complex entry counts once. The count runs only when the sum of squares
     (``squares``, if already computed) is not finite, which any non-finite
     entry makes it; ``isfinite`` is several times slower than a sum on the
-    CPU. Leaves of more than ``exact_limit`` entries are summed with a
-    saturating addition.
+    CPU. It counts slices of at most ``exact_limit`` (and 2**20) entries one
+    after the other (:func:`adamx._reduce.in_order`), so no full-size mask is
+    written out, exactly within a slice and saturating across them.
     """
-    leaves = _floating_leaves(tree)
+    leaves = floating_leaves(tree)
     squares = sum_of_squares(tree) if squares is None else squares
-
-    def count_leaf(x):
-        bad = ~jnp.isfinite(x)
-        if bad.size <= exact_limit:
-            return jnp.sum(bad, dtype=jnp.int32)
-        return jax.lax.reduce(
-            bad.astype(jnp.int32), jnp.zeros([], jnp.int32), _saturating_add, (0,)
-        )
 
     def count(_):
         total = jnp.zeros([], jnp.int32)
-        for x in leaves:
-            total = _saturating_add(total, count_leaf(x))
+
+        def reduce(piece):
+            nonlocal total
+            total = _saturating_add(
+                total, jnp.sum(~jnp.isfinite(piece), dtype=jnp.int32)
+            )
+            return total
+
+        # Slices of stored leaves, each counted after the previous one: the
+        # mask of one slice is in memory at a time.
+        limit = max(1, min(exact_limit, _SLICE))
+        pieces = [x[i : i + limit] for x in leaves for i in range(0, x.size, limit)]
+        for _ in _reduce.in_order(pieces, reduce):
+            pass
         return total
 
     return jax.lax.cond(

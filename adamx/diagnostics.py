@@ -17,14 +17,16 @@ the steps that record statistics.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from adamx._signals import SignalSummary, collecting, trace_state
-from adamx._tree import count_nonfinite, global_norm, largest_magnitude, sum_of_squares
+from adamx._reduce import norm_and_largest, one_after, times_one
+from adamx._signals import collecting, trace_state
+from adamx._tree import count_nonfinite, floating_leaves
 from adamx._validation import quoting
 
 __all__ = ["Stats", "WithStatsState", "with_stats"]
@@ -90,10 +92,11 @@ def with_stats(
     :math:`\hat m/\sqrt{\hat v}` as a signal-to-noise ratio makes the ratio fall
     towards 0 as training nears an optimum, where gradients are mostly noise.
 
-    Norms are computed in float32 or wider, scaled by the largest magnitude so
-    that gradients up to the float32 maximum do not overflow. Nothing syncs
-    with the host: read ``state.stats`` (after ``jax.device_get``) in the
-    training loop every ``every`` steps, for example
+    Norms are computed in float32 or wider, rescaled by the largest magnitude
+    where the plain sum of squares over- or underflows, so that gradients up
+    to the float32 maximum count. Under ``jax.jit`` nothing syncs with the
+    host: read ``state.stats`` (after ``jax.device_get``) in the training loop
+    every ``every`` steps, for example
 
     >>> import jax.numpy as jnp, optax, adamx
     >>> opt = adamx.with_stats(adamx.adam(0.1), every=10)
@@ -112,9 +115,18 @@ def with_stats(
     Args:
       inner: the transformation to observe.
       every: record on steps 1, 1 + every, 1 + 2 every, ...; a positive int.
-        Other steps skip the statistics (a ``lax.cond``) but still pay for
-        the update being written out as the branch's operand. On the CPU
-        both costs are large: ``examples/diagnostics.py`` measures them.
+        Under ``jax.jit`` the recording is a ``lax.cond`` whose branch runs
+        ``inner.update`` a second time, from the same inputs, and reduces
+        the update, gradient and moments leaf after leaf. So a step that does
+        not record adds no full-size buffer, only a few scalar operations,
+        and the state, when donated, is still updated in place (the step is
+        ordered after the branch). A recording step costs about one more
+        update and one more read of the gradient and moments, with
+        temporaries of a few times the largest leaf, not of the model. A
+        side effect in ``inner`` (a callback) runs twice on recording steps.
+        Called eagerly, the step count is read (an explicit transfer) to
+        decide in Python, and nothing is recompiled from step to step.
+        ``examples/diagnostics.py`` measures these costs.
       snr: record the signal-to-noise ratio (needs an adamx transform inside);
         False sets its fields to 0.
 
@@ -145,10 +157,11 @@ def with_stats(
         )
         return WithStatsState(inner.init(params), stats, jnp.zeros([], jnp.int32))
 
-    def update_fn(updates, state, params=None, **extra_args):
+    def observed(updates, inner_state, params, extra_args):
+        """``inner.update``, with the signal summaries of the moments it reached."""
         with quoting(caller), collecting() as signals:
-            new_updates, inner_state = inner.update(
-                updates, state.inner, params, **extra_args
+            new_updates, new_state = inner.update(
+                updates, inner_state, params, **extra_args
             )
         if snr and not signals:
             raise ValueError(
@@ -162,43 +175,119 @@ def with_stats(
                 "jax.lax.cond or another trace (optax.MultiSteps, "
                 "adamx.nonfinite_policy, ...); put with_stats inside that wrapper"
             )
+        return new_updates, new_state, [summary for _, summary in signals if snr]
+
+    def update_fn(updates, state, params=None, **extra_args):
         count = optax.safe_increment(state.count)
+        if not isinstance(state.count, jax.core.Tracer):
+            return eager(updates, state, params, extra_args, count)
+        records = state.count % every == 0
 
         def record(_):
-            summaries = [summary() for _, summary in signals] if snr else []
-            return _stats(count, updates, new_updates, summaries)
-
-        if every == 1:
-            stats = record(None)
-        else:
-            stats = jax.lax.cond(
-                state.count % every == 0, record, lambda _: state.stats, None
+            new_updates, _, summaries = observed(
+                updates, state.inner, params, extra_args
             )
+            grad_stats = _grad_stats(updates)
+            return _stats(
+                count,
+                grad_stats,
+                _update_stats(new_updates, grad_stats[0]),
+                _signal_stats(summaries),
+            )
+
+        stats = jax.lax.cond(records, record, lambda _: state.stats, None)
+        # The branch reads the old state, which the step overwrites in place
+        # when the state is donated, so XLA would keep a copy of it. Inputs
+        # tied to the branch's outputs order the step after it instead: times
+        # a 1 that XLA cannot fold (adamx._reduce.one_after), which leaves
+        # every value as it is.
+        one = one_after(jnp.minimum(stats.step, stats.nonfinite))
+        tied = jax.tree.map(
+            lambda x: times_one(one, x) if _is_float_array(x) else x,
+            (updates, state.inner, params),
+        )
+        new_updates, inner_state = inner.update(*tied, **extra_args)
+        return new_updates, WithStatsState(inner_state, stats, count)
+
+    def eager(updates, state, params, extra_args, count):
+        # The count is known: decide here (an explicit transfer, which a
+        # transfer guard allows) and run no lax.cond, which would be traced
+        # and compiled afresh on every call.
+        if int(jax.device_get(state.count)) % every:
+            new_updates, inner_state = inner.update(
+                updates, state.inner, params, **extra_args
+            )
+            return new_updates, WithStatsState(inner_state, state.stats, count)
+        new_updates, inner_state, summaries = observed(
+            updates, state.inner, params, extra_args
+        )
+        grad_stats = _grad_stats(updates)
+        stats = _stats(
+            count,
+            grad_stats,
+            _update_stats(new_updates, grad_stats[0]),
+            _signal_stats(summaries),
+        )
         return new_updates, WithStatsState(inner_state, stats, count)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _size(tree: Any) -> int:
-    return sum(jnp.size(x) for x in jax.tree.leaves(tree))
+# Jitted at module level, so that eager steps reuse one program per tree
+# structure; under a jit they are inlined.
+
+
+@jax.jit
+def _grad_stats(grads: Any) -> tuple[jax.Array, jax.Array]:
+    """The gradients' norm and non-finite count: reductions of stored arrays.
+
+    Behind an optimization barrier: otherwise XLA would merge the square of
+    the gradient in the sum of squares with the one in the step's second
+    moment, and write it out in full for both.
+    """
+    grads = jax.lax.optimization_barrier(grads)
+    norm, _ = norm_and_largest(floating_leaves(grads), stored=True)
+    # The count runs only when the norm is not finite: when an entry is not,
+    # or (finding 0) when the norm overflows float32.
+    return norm, count_nonfinite(grads, norm)
+
+
+@jax.jit
+def _update_stats(
+    updates: Any, after: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The update's norm, RMS and largest magnitude, computed after ``after``.
+
+    Leaf after leaf (:mod:`adamx._reduce`): the update is often computed just
+    for them, and then only one leaf of it is in memory at a time.
+    """
+    norm, largest = norm_and_largest(floating_leaves(updates), after=after)
+    size = sum(jnp.size(x) for x in jax.tree.leaves(updates))
+    return norm, norm / max(size, 1) ** 0.5, largest
+
+
+def _signal_stats(summaries: list[Callable[[], Any]]) -> tuple[jax.Array, jax.Array]:
+    """Mean and maximum signal-to-noise ratio over every reporting transform."""
+    signal = [summary() for summary in summaries]
+    zero = jnp.zeros([], jnp.float32)
+    total = sum((s.total for s in signal), zero)
+    largest = jnp.max(jnp.stack([s.maximum for s in signal])) if signal else zero
+    return total / max(sum(s.size for s in signal), 1), largest
 
 
 def _stats(
-    step: jax.Array, grads: Any, updates: Any, summaries: list[SignalSummary]
+    step: jax.Array,
+    grad_stats: tuple[jax.Array, jax.Array],
+    update_stats: tuple[jax.Array, jax.Array, jax.Array],
+    signal_stats: tuple[jax.Array, jax.Array],
 ) -> Stats:
-    grad_squares = sum_of_squares(grads)
-    update_norm = global_norm(updates)
-    signal_size = sum(s.size for s in summaries)
-    zero = jnp.zeros([], jnp.float32)
-    snr_total = sum((s.total for s in summaries), zero)
-    snr_max = jnp.max(jnp.stack([s.maximum for s in summaries])) if summaries else zero
+    grad_norm, nonfinite = grad_stats
+    update_norm, step_rms, step_max = update_stats
+    snr_mean, snr_max = signal_stats
     return Stats(
-        step=step,
-        grad_norm=global_norm(grads, grad_squares),
-        update_norm=update_norm,
-        snr_mean=snr_total / max(signal_size, 1),
-        snr_max=snr_max,
-        step_rms=update_norm / max(_size(updates), 1) ** 0.5,
-        step_max=largest_magnitude(updates),
-        nonfinite=count_nonfinite(grads, grad_squares),
+        step, grad_norm, update_norm, snr_mean, snr_max, step_rms, step_max, nonfinite
     )
+
+
+def _is_float_array(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.inexact)

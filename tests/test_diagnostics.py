@@ -214,3 +214,147 @@ def test_example_logs_a_falling_ratio_and_times_recording(tmp_path):
         "with_stats every=100",
     }
     assert (tmp_path / "d.png").stat().st_size > 0
+
+
+def _run_eagerly(opt, steps):
+    params = _params()
+    state = opt.init(params)
+    history = []
+    for t in range(steps):
+        updates, state = opt.update(_grads(t, params), state, params)
+        history.append(jax.device_get(state.stats))
+        params = optax.apply_updates(params, updates)
+    return history
+
+
+def test_eager_steps_record_what_jitted_steps_record():
+    opt = adamx.with_stats(adamx.adam(1e-2), every=2)
+    eager, jitted = _run_eagerly(opt, 5), [s for _, _, s in _run(opt, 5)]
+    assert [int(s.step) for s in eager] == [1, 1, 3, 3, 5]
+    for a, b in zip(eager, jitted, strict=True):
+        for name, x, y in zip(a._fields, a, b, strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-6, err_msg=name)
+
+
+def test_eager_steps_compile_nothing_after_the_first_recording_and_skipping_ones():
+    # Steps 1 (records) and 2 (skips) may compile; a lax.cond run eagerly would
+    # be traced and compiled again on every later step.
+    compiled = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(duration)
+
+    opt = adamx.with_stats(adamx.adam(1e-2), every=2)
+    params = _params()
+    state = opt.init(params)
+    counts = []
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        for t in range(6):
+            updates, state = opt.update(_grads(t, params), state, params)
+            params = optax.apply_updates(params, updates)
+            jax.block_until_ready((params, state))
+            counts.append(len(compiled))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert counts[2:] == [counts[1]] * 4
+    assert int(state.stats.step) == 5
+
+
+def _donated_step(opt, params):
+    def step(params, state, grads):
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    grads = jax.tree.map(jnp.ones_like, params)
+    return (
+        jax.jit(step, donate_argnums=(0, 1))
+        .lower(params, opt.init(params), grads)
+        .compile()
+    )
+
+
+@pytest.mark.parametrize("snr", [True, False])
+def test_a_step_that_does_not_record_writes_no_full_size_buffer(snr):
+    # The branch reads the old state; the step that overwrites it in place is
+    # ordered after the branch, so XLA keeps no copy of the state, and the
+    # statistics run leaf after leaf, so their temporaries stay small.
+    size = 2**14
+    params = {f"w{i}": jnp.ones(size) for i in range(64)}
+    compiled = _donated_step(
+        adamx.with_stats(adamx.adam(1e-3), every=100, snr=snr), params
+    )
+    entry = compiled.as_text().split("ENTRY", 1)[1]
+    copies = [
+        line for line in entry.splitlines() if f"[{size}]" in line and " copy(" in line
+    ]
+    assert not copies
+    plain = _donated_step(adamx.adam(1e-3), params).memory_analysis()
+    temporaries = (
+        compiled.memory_analysis().temp_size_in_bytes - plain.temp_size_in_bytes
+    )
+    if not snr:  # the ratio's reductions are the adamx transform's own
+        # A few buffers of one leaf, not one per leaf (64 here).
+        assert temporaries <= 8 * 4 * size
+
+
+def test_reductions_leaf_after_leaf_match_numpy():
+    from adamx import _reduce, _tree
+
+    rng = np.random.default_rng(0)
+    for scale in (1.0, 1e30, 1e-30, 3e37):
+        tree = {
+            "a": jnp.asarray(rng.normal(size=50) * scale, jnp.float32),
+            "b": jnp.asarray(rng.normal(size=(3, 5)) * scale, jnp.float32),
+        }
+        flat = _flat(tree)
+        for stored in (True, False):
+            norm, largest = jax.jit(
+                lambda t, stored=stored: _reduce.norm_and_largest(
+                    _tree.floating_leaves(t), stored=stored
+                )
+            )(tree)
+            np.testing.assert_allclose(norm, np.linalg.norm(flat), rtol=1e-6)
+            assert largest == np.float32(flat.max())
+    x = jnp.asarray(rng.uniform(size=50), jnp.float32)
+    total, top = jax.jit(_reduce.sum_and_max)(x, after=jnp.float32(2.0))
+    np.testing.assert_allclose(total, np.asarray(x, np.float64).sum(), rtol=1e-6)
+    assert top == x.max()
+    bad = {
+        "a": jnp.asarray([1.0, jnp.inf, 2.0] * 5),
+        "b": jnp.asarray([jnp.nan, 1.0] * 4),
+    }
+    assert np.isnan(_reduce.norm_and_largest(_tree.floating_leaves(bad))[0])
+    assert int(_tree.count_nonfinite(bad, exact_limit=4)) == 9
+
+
+def test_signal_plumbing_is_private():
+    from adamx import _signals
+
+    assert adamx.diagnostics.__all__ == ["Stats", "WithStatsState", "with_stats"]
+    assert not hasattr(adamx.diagnostics, "report_signal")
+    assert callable(_signals.report_signal) and _signals.SignalSummary._fields == (
+        "total",
+        "maximum",
+        "size",
+    )
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_updates_and_inner_state_are_the_inner_transformations_bit_for_bit(every):
+    inner = adamx.adam(1e-2)
+    opt = adamx.with_stats(inner, every=every)
+    params = _params()
+    state, inner_state = opt.init(params), inner.init(params)
+    for t in range(4):
+        grads = _grads(t, params)
+        updates, state = jax.jit(opt.update)(grads, state, params)
+        expected, inner_state = jax.jit(inner.update)(grads, inner_state, params)
+        for a, b in zip(
+            jax.tree.leaves((updates, state.inner)),
+            jax.tree.leaves((expected, inner_state)),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(a, b)
+        params = optax.apply_updates(params, updates)
