@@ -10,7 +10,11 @@ Two parts:
    norms.
 2. Time a jitted, donated Adam step on a 10M-parameter tree (100 leaves of
    100k) without statistics and with ``every`` = 1, 10 and 100, the steps
-   interleaved so that drift on a shared machine hits all of them alike.
+   interleaved so that drift on a shared machine hits all of them alike. For
+   each: the median step (for ``every`` > 1 a step that does not record), the
+   mean over the run (every ``every``-th step records, so this is the
+   amortized cost), the median recording step, and the temporaries XLA
+   allocates for the step (``compiled.memory_analysis()``), per parameter.
 
 Run: ``python examples/diagnostics.py`` (``--quick`` for a smoke test). It
 prints both tables and writes ``outputs/diagnostics.png``.
@@ -19,8 +23,8 @@ prints both tables and writes ``outputs/diagnostics.png``.
 from __future__ import annotations
 
 import argparse
-import functools
 import itertools
+import math
 import pathlib
 import platform
 import time
@@ -92,36 +96,58 @@ def train_and_log(steps: int, log_every: int, batch: int = 128) -> list[dict]:
 def time_recording(
     leaves: int, size: int, repeats: int, everies: tuple[int, ...]
 ) -> dict:
-    """Median step time in ms of donated Adam without and with statistics."""
+    """Step times (ms) and temporaries of donated Adam without and with statistics.
+
+    Returns ``{"median": ..., "mean": ..., "recording": ..., "temp_bytes":
+    ...}``, each a dict by variant name; ``temp_bytes`` is per parameter.
+    """
     params = {f"w{i:03d}": jnp.ones((size,)) for i in range(leaves)}
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01), params)
-    variants = {"adam": adamx.adam(1e-3)} | {
-        f"with_stats every={n}": adamx.with_stats(adamx.adam(1e-3), every=n)
+    variants = {"adam": (adamx.adam(1e-3), 0)} | {
+        f"with_stats every={n}": (adamx.with_stats(adamx.adam(1e-3), every=n), n)
         for n in everies
     }
     runs = {}
-    for name, opt in variants.items():
+    temp_bytes = {}
+    for name, (opt, every) in variants.items():
 
-        @functools.partial(jax.jit, donate_argnums=(0, 1))
         def step(params, state, grads, opt=opt):
             updates, state = opt.update(grads, state, params)
             return optax.apply_updates(params, updates), state
 
         p = jax.tree.map(jnp.copy, params)
         s = opt.init(p)
+        compiled = jax.jit(step, donate_argnums=(0, 1)).lower(p, s, grads).compile()
+        temp_bytes[name] = compiled.memory_analysis().temp_size_in_bytes
         for _ in range(3):
-            p, s = step(p, s, grads)
+            p, s = compiled(p, s, grads)
         jax.block_until_ready(p)
-        runs[name] = [step, p, s, []]
-    for _ in range(repeats):
+        runs[name] = {"step": compiled, "p": p, "s": s, "every": every, "t": []}
+    for i in range(repeats):
         for run in runs.values():
-            step, p, s, times = run
             start = time.perf_counter()
-            p, s = step(p, s, grads)
-            jax.block_until_ready((p, s))
-            times.append(time.perf_counter() - start)
-            run[1], run[2] = p, s
-    return {name: 1e3 * float(np.median(run[3])) for name, run in runs.items()}
+            run["p"], run["s"] = run["step"](run["p"], run["s"], grads)
+            jax.block_until_ready((run["p"], run["s"]))
+            # The count before this step was 3 + i: it records when that is a
+            # multiple of every.
+            recorded = run["every"] and (3 + i) % run["every"] == 0
+            run["t"].append((time.perf_counter() - start, bool(recorded)))
+    result: dict[str, dict[str, float]] = {
+        "median": {},
+        "mean": {},
+        "recording": {},
+        "temp_bytes": {},
+    }
+    for name, run in runs.items():
+        times = np.array([t for t, _ in run["t"]])
+        recording = [t for t, recorded in run["t"] if recorded]
+        result["median"][name] = 1e3 * float(np.median(times))
+        result["mean"][name] = 1e3 * float(np.mean(times))
+        result["recording"][name] = (
+            1e3 * float(np.median(recording)) if recording else float("nan")
+        )
+        result["temp_bytes"][name] = temp_bytes[name] / (leaves * size)
+    return result
 
 
 def plot(log: list[dict], path: pathlib.Path) -> None:
@@ -153,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="a smoke-test size")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--log-every", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--png", default="outputs/diagnostics.png")
     args = parser.parse_args(argv)
     if args.quick:
@@ -162,7 +188,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     log = train_and_log(args.steps, args.log_every)
     print("step   loss     snr mean  snr max   |g|       |u|")
-    for entry in log[:: max(1, len(log) // 10)] + log[-1:]:
+    shown = log[:: max(1, len(log) // 10)]
+    if shown[-1] is not log[-1]:
+        shown.append(log[-1])
+    for entry in shown:
         print(
             f"{entry['step']:5.0f}  {entry['loss']:.4f}   {entry['snr_mean']:.4f}"
             f"    {entry['snr_max']:.3f}     {entry['grad_norm']:.4f}"
@@ -171,15 +200,27 @@ def main(argv: list[str] | None = None) -> dict:
     plot(log, pathlib.Path(args.png))
 
     timings = time_recording(leaves, size, args.repeats, (1, 10, 100))
-    base = timings["adam"]
+    median, mean = timings["median"], timings["mean"]
     print(
         f"\nstep time, {leaves * size / 1e6:g}M params in {leaves} leaves, "
         f"{platform.processor() or platform.machine()}, jax {jax.__version__} "
-        f"({jax.default_backend()}), median of {args.repeats}:"
+        f"({jax.default_backend()}), {args.repeats} donated jitted steps of each, "
+        "interleaved:"
     )
-    for name, ms in timings.items():
-        print(f"  {name:22s} {ms:8.2f} ms  {ms / base - 1:+7.1%}")
-    return {"log": log, "timings_ms": timings}
+    print(
+        f"  {'':22s} {'median':>9s} {'ratio':>6s} {'mean':>9s} {'ratio':>6s}"
+        f" {'recording':>10s} {'temp B/param':>13s}"
+    )
+    for name in median:
+        recording = timings["recording"][name]
+        recording = "-" if math.isnan(recording) else f"{recording:.2f}"
+        print(
+            f"  {name:22s} {median[name]:6.2f} ms {median[name] / median['adam']:5.2f}x"
+            f" {mean[name]:6.2f} ms {mean[name] / mean['adam']:5.2f}x"
+            f" {recording:>7s} ms"
+            f" {timings['temp_bytes'][name]:13.3f}"
+        )
+    return {"log": log, "timings_ms": median, "timings": timings}
 
 
 if __name__ == "__main__":

@@ -196,7 +196,7 @@ def test_state_can_be_donated():
     assert state.stats.step == 3
 
 
-def test_example_logs_a_falling_ratio_and_times_recording(tmp_path):
+def test_example_logs_a_falling_ratio_and_times_recording(tmp_path, capsys):
     import importlib.util
     import pathlib
 
@@ -214,6 +214,13 @@ def test_example_logs_a_falling_ratio_and_times_recording(tmp_path):
         "with_stats every=100",
     }
     assert (tmp_path / "d.png").stat().st_size > 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line[:5].strip().isdigit()]
+    assert len(rows) == len(set(rows)) >= 2  # the last row is not printed twice
+    assert "temp B/param" in out
+    timings = result["timings"]
+    assert set(timings) == {"median", "mean", "recording", "temp_bytes"}
+    assert timings["temp_bytes"]["adam"] < timings["temp_bytes"]["with_stats every=1"]
 
 
 def _run_eagerly(opt, steps):
