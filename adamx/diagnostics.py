@@ -115,18 +115,21 @@ def with_stats(
     Args:
       inner: the transformation to observe.
       every: record on steps 1, 1 + every, 1 + 2 every, ...; a positive int.
-        Under ``jax.jit`` the recording is a ``lax.cond`` whose branch runs
+        Under ``jax.jit`` recording is a ``lax.cond`` whose branch runs
         ``inner.update`` a second time, from the same inputs, and reduces
-        the update, gradient and moments leaf after leaf. So a step that does
-        not record adds no full-size buffer, only a few scalar operations,
-        and the state, when donated, is still updated in place (the step is
-        ordered after the branch). A recording step costs about one more
-        update and one more read of the gradient and moments, with
-        temporaries of a few times the largest leaf, not of the model. A
-        side effect in ``inner`` (a callback) runs twice on recording steps.
+        the update, gradient and moments; the step itself is ordered after
+        the branch, so a donated state is still updated in place. A step
+        that does not record so writes no extra buffer and adds only scalar
+        work: 1.1x a plain Adam step, measured with 10M parameters in 100
+        leaves on a 2-core CPU (``examples/diagnostics.py``). A recording
+        step computes the update twice and writes each leaf of it out to
+        reduce it: about 4.5x a plain step there. The update's and the
+        gradient's reductions run leaf after leaf, with temporaries of about
+        the largest leaf; the signal-to-noise ratio's, done by the adamx
+        transform, write the whole ratio out (4 bytes per parameter). A side
+        effect inside ``inner`` (a callback) runs twice on recording steps.
         Called eagerly, the step count is read (an explicit transfer) to
         decide in Python, and nothing is recompiled from step to step.
-        ``examples/diagnostics.py`` measures these costs.
       snr: record the signal-to-noise ratio (needs an adamx transform inside);
         False sets its fields to 0.
 
