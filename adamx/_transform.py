@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from adamx import numerics, quantization
+from adamx._reduce import sum_and_max
 from adamx._signals import SignalSummary, report_signal
 from adamx._tracing import is_abstract, is_concrete, is_staged
 from adamx._tree import init_leaves, map_leaves
@@ -245,8 +246,10 @@ def moment_transform(
                 count=count,
                 **cast,
             ).astype(jnp.float32)
-            total = total + jnp.sum(ratio)
-            largest = jnp.maximum(largest, jnp.max(ratio, initial=0.0))
+            # Leaf after leaf, so that only one leaf's ratio is in memory.
+            leaf_total, leaf_largest = sum_and_max(ratio, after=total)
+            total = total + leaf_total
+            largest = jnp.maximum(largest, leaf_largest)
             size += ratio.size
         return SignalSummary(total, largest, size)
 
