@@ -90,9 +90,9 @@ def _learning_rate_step(
 def _no_decay(weight_decay: Any) -> bool:
     """The one rule for "no weight decay": None, or a plain number equal to 0.
 
-    Arrays, tracers and schedules always get the decay step, even when zero, so
-    that ``optax.inject_hyperparams`` (which passes arrays at ``init`` and
-    tracers at ``update``) sees the same chain both times.
+    Arrays, tracers and schedules always get the decay, even when zero:
+    ``optax.inject_hyperparams`` passes arrays at ``init`` and tracers at
+    ``update``, and a traced zero is not known to be zero.
     """
     if weight_decay is None:
         return True
@@ -103,9 +103,15 @@ def _no_decay(weight_decay: Any) -> bool:
 def decay_steps(
     caller: str, weight_decay: optax.ScalarOrSchedule | None, mask: Any = None
 ) -> list[optax.GradientTransformation]:
-    """``[add_decayed_weights(weight_decay, mask)]``, or none for no weight decay."""
+    """``[add_decayed_weights(weight_decay, mask)]``, or a step doing nothing.
+
+    The place is kept, with the same (empty) state as a constant decay's, so
+    that the state's structure does not depend on the value: an optimizer
+    built with ``weight_decay=0.0`` and the same one under
+    ``optax.inject_hyperparams`` hold the same state.
+    """
     if _no_decay(weight_decay):
-        return []
+        return [optax.identity()]
     check(caller, NON_NEGATIVE, weight_decay=weight_decay)
     return [add_decayed_weights(weight_decay, mask)]
 
@@ -127,7 +133,8 @@ def optimizer(
     :math:`\theta \leftarrow \theta - \eta_t (d_t + \lambda_t \theta)`. The
     decay is decoupled from the gradient's moments; ``mask`` (a pytree of
     bools or a function of the params) limits it to some leaves. ``None`` or a
-    plain 0 adds no decay step at all (:func:`_no_decay`).
+    plain 0 computes no decay at all (:func:`_no_decay`), and then the update
+    needs no ``params``.
 
     Args:
       caller: the public name, quoted by every construction error.

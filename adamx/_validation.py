@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 # The public call that is being built. An alias such as ``adam`` builds
@@ -76,7 +77,11 @@ def _concrete(caller: str, name: str, value: Any) -> np.ndarray | None:
         array = np.asarray(value)
     except (TypeError, ValueError):
         array = np.asarray(None)
-    if array.dtype.kind not in "iuf":  # str, bool, complex, None, objects
+    real = np.issubdtype(array.dtype, np.integer) or jnp.issubdtype(
+        array.dtype,
+        jnp.floating,  # bfloat16 too, which NumPy does not know
+    )
+    if not real:  # str, bool, complex, None, objects
         raise TypeError(
             f"{caller}({name}={value!r}): {name} must be a real number, an array "
             "of them or a schedule (a function of the step), not "

@@ -178,9 +178,7 @@ def update_moment(
         )
     # Where one side is infinite the interpolation would subtract infinities;
     # the weighted sum gives the infinity, as the average should.
-    return jnp.where(
-        jnp.isinf(step), rate * moment + complement * value, interpolated
-    )
+    return jnp.where(jnp.isinf(step), rate * moment + complement * value, interpolated)
 
 
 def bias_correction_factor(decay: ArrayLike | Decay, count: ArrayLike) -> jax.Array:

@@ -117,3 +117,18 @@ def test_package_is_typed():
 def test_numerics_functions_are_documented_with_maths(name):
     doc = inspect.getdoc(getattr(adamx.numerics, name))
     assert doc and ("math" in doc or "float32" in doc)
+
+
+OPTIMIZER_NAMES = [
+    n
+    for n in TRANSFORMS
+    if "learning_rate" in inspect.signature(getattr(adamx, n)).parameters
+]
+
+
+@pytest.mark.parametrize("name", OPTIMIZER_NAMES)
+def test_learning_rate_is_annotated_with_optax_s_type_itself(name):
+    # Tools that read signatures (optax's own test helpers) compare the
+    # annotation with optax.ScalarOrSchedule, not with a string.
+    parameter = inspect.signature(getattr(adamx, name)).parameters["learning_rate"]
+    assert parameter.annotation is optax.ScalarOrSchedule

@@ -312,3 +312,13 @@ def test_non_numeric_hyperparameters_are_refused_at_construction(name, arg, valu
         (TypeError, ValueError), match=re.escape(f"({arg}={value!r}): {arg} must be")
     ):
         factory(**arguments)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32, jnp.int32])
+def test_hyperparameters_as_arrays_of_any_real_dtype_are_accepted(dtype):
+    # optax.inject_hyperparams(..., hyperparam_dtype=jnp.bfloat16) passes these.
+    tx = adamx.adam(jnp.asarray(1, dtype), b1=jnp.asarray(0.5, dtype))
+    updates, _ = tx.update(jnp.ones(2), tx.init(jnp.zeros(2)))
+    assert np.all(np.isfinite(np.asarray(updates)))
+    with pytest.raises(ValueError, match=r"b2 must be in \[0, 1\)"):
+        adamx.adam(1e-3, b2=jnp.asarray(1.5, dtype))

@@ -1,7 +1,5 @@
 """Adam and its Nesterov and decoupled-weight-decay forms."""
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 import jax

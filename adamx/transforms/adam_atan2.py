@@ -1,7 +1,5 @@
 """Adam-atan2: Adam without epsilon, its ratio replaced by an arctangent."""
 
-from __future__ import annotations
-
 from typing import Any
 
 import jax

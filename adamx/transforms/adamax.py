@@ -1,7 +1,5 @@
 """AdaMax: Adam with the infinity norm in place of the second moment."""
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 import jax

@@ -1,7 +1,5 @@
 """AdEMAMix: Adam with a second, much slower momentum mixed into its numerator."""
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 import jax

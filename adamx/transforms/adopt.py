@@ -1,7 +1,5 @@
 """ADOPT: Adam with the current gradient left out of its own normalisation."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from typing import Any, NamedTuple
 

@@ -1,7 +1,5 @@
 """AMSGrad: Adam with a non-decreasing second moment."""
 
-from __future__ import annotations
-
 from typing import Literal, NamedTuple
 
 import jax

@@ -1,7 +1,5 @@
 """AdaBelief: Adam whose second moment tracks the gradient's deviation from m."""
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 import jax

@@ -1,7 +1,5 @@
 """Bias correction as a transformation of its own."""
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 import jax

@@ -1,7 +1,5 @@
 """LAMB: Adam's direction rescaled layer by layer to the parameters' norm."""
 
-from __future__ import annotations
-
 import functools
 from typing import Any
 

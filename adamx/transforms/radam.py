@@ -1,7 +1,5 @@
 """RAdam: Adam with its early-step variance rectified."""
 
-from __future__ import annotations
-
 import math
 
 import jax

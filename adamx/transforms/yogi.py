@@ -1,7 +1,5 @@
 """Yogi: Adam with an additive, sign-controlled second moment."""
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 import jax
