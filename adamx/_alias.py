@@ -87,15 +87,13 @@ def _learning_rate_step(
     )
 
 
-def _no_decay(weight_decay: Any) -> bool:
-    """The one rule for "no weight decay": None, or a plain number equal to 0.
+def _zero_decay(weight_decay: Any) -> bool:
+    """A plain number equal to 0: a decay known, when built, to do nothing.
 
     Arrays, tracers and schedules always get the decay, even when zero:
     ``optax.inject_hyperparams`` passes arrays at ``init`` and tracers at
     ``update``, and a traced zero is not known to be zero.
     """
-    if weight_decay is None:
-        return True
     plain = isinstance(weight_decay, (int, float, np.integer, np.floating))
     return plain and not isinstance(weight_decay, bool) and weight_decay == 0
 
@@ -103,14 +101,17 @@ def _no_decay(weight_decay: Any) -> bool:
 def decay_steps(
     caller: str, weight_decay: optax.ScalarOrSchedule | None, mask: Any = None
 ) -> list[optax.GradientTransformation]:
-    """``[add_decayed_weights(weight_decay, mask)]``, or a step doing nothing.
+    """The weight-decay step of an optimizer, by the one rule for "no weight decay".
 
-    The place is kept, with the same (empty) state as a constant decay's, so
-    that the state's structure does not depend on the value: an optimizer
-    built with ``weight_decay=0.0`` and the same one under
-    ``optax.inject_hyperparams`` hold the same state.
+    None: no step, as in optax's optimizers without decay (``adam``). A plain
+    0: a step that does nothing, in the place and with the (empty) state of a
+    constant decay, so that the state's structure does not depend on the value
+    (``adamw(weight_decay=0.0)`` and the same under ``optax.inject_hyperparams``
+    hold the same state). Anything else: ``add_decayed_weights``.
     """
-    if _no_decay(weight_decay):
+    if weight_decay is None:
+        return []
+    if _zero_decay(weight_decay):
         return [optax.identity()]
     check(caller, NON_NEGATIVE, weight_decay=weight_decay)
     return [add_decayed_weights(weight_decay, mask)]
@@ -133,7 +134,7 @@ def optimizer(
     :math:`\theta \leftarrow \theta - \eta_t (d_t + \lambda_t \theta)`. The
     decay is decoupled from the gradient's moments; ``mask`` (a pytree of
     bools or a function of the params) limits it to some leaves. ``None`` or a
-    plain 0 computes no decay at all (:func:`_no_decay`), and then the update
+    plain 0 computes no decay at all (:func:`decay_steps`), and then the update
     needs no ``params``.
 
     Args:

@@ -97,11 +97,14 @@ def scale_by_adam(
       eps_root: :math:`\epsilon_{root}`, added under the square root; >= 0.
         A positive value keeps gradients *through* the update finite at
         :math:`g = 0` (meta-learning).
-      mu_dtype: how :math:`m` is stored: a floating dtype; None for each
-        parameter's dtype; ``"int8"``, ``"int4"`` or :class:`adamx.Quantized`
-        for 8- or 4-bit block-wise codes; :class:`adamx.StochasticRounding`
-        for bfloat16 with stochastic rounding; :class:`adamx.Rounded` to take
-        the step from the stored moments (see :mod:`adamx.storage`).
+      mu_dtype: how :math:`m` is stored: a floating dtype (for complex
+        parameters it names the precision: float32 or complex64 store
+        complex64; a complex dtype gives real parameters the real one);
+        None for each parameter's dtype; ``"int8"``, ``"int4"`` or
+        :class:`adamx.Quantized` for 8- or 4-bit block-wise codes;
+        :class:`adamx.StochasticRounding` for bfloat16 with stochastic
+        rounding; :class:`adamx.Rounded` to take the step from the stored
+        moments (see :mod:`adamx.storage`).
       nu_dtype: how :math:`v` is stored, as ``mu_dtype``; None follows each
         parameter's real dtype.
       nesterov: use Nesterov momentum (NAdam, Dozat 2016):
