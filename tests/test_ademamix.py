@@ -255,22 +255,30 @@ def test_b3_schedule_edges() -> None:
 # ---------------------------------------------------------------------------
 
 PARITY_STEPS = 150
-# Both libraries compute AdEMAMix in float32 with the same operations, up to
-# the bias-correction factor (adamx evaluates 1 - b^t with expm1 from 1 - b;
-# see B2 below): agreement is to float32 rounding carried along a trajectory,
-# inside 5e-5 (measured worst: 1.5e-5).
+# With constant decays the reference is optax run in float64: optax's float32
+# bias correction is the less accurate of the two (1.2e-5 from float64, adamx
+# 1.1e-6), so adamx in float32 is held to 5e-6 of it, and adamx in float64 to
+# 1e-10 (the same formula). With AdEMAMix's b3 schedule both libraries get a
+# float32 b3 and neither is closer (2.0e-5 and 1.5e-5): that case is held to
+# optax's float32 run at 5e-5.
+FLOAT64_RTOL = 5e-6
 PARITY_RTOL = 5e-5
 
 
-def _mlp():
+def _mlp(dtype=jnp.float32):
     rng = np.random.default_rng(3)
-    x = jnp.asarray(rng.normal(size=(32, 4)), jnp.float32)
-    y = jnp.sin(x @ jnp.asarray([[1.0], [-2.0], [0.5], [1.5]], jnp.float32))
+    # float32 data in either width, so that both runs see the same problem
+    x = jnp.asarray(rng.normal(size=(32, 4)).astype(np.float32), dtype)
+    y = jnp.sin(x @ jnp.asarray([[1.0], [-2.0], [0.5], [1.5]], dtype))
+
+    def draw(scale, shape):
+        return jnp.asarray(rng.normal(0.0, scale, shape).astype(np.float32), dtype)
+
     params = {
-        "w1": jnp.asarray(rng.normal(0.0, 0.5, (4, 8)), jnp.float32),
-        "b1": jnp.asarray(rng.normal(0.0, 0.1, (8,)), jnp.float32),
-        "w2": jnp.asarray(rng.normal(0.0, 0.5, (8, 1)), jnp.float32),
-        "b2": jnp.asarray(rng.normal(0.0, 0.1, (1,)), jnp.float32),
+        "w1": draw(0.5, (4, 8)),
+        "b1": draw(0.1, (8,)),
+        "w2": draw(0.5, (8, 1)),
+        "b2": draw(0.1, (1,)),
     }
 
     def loss(p):
@@ -280,9 +288,9 @@ def _mlp():
     return params, jax.grad(loss)
 
 
-def _trajectory(tx: optax.GradientTransformation):
+def _trajectory(tx: optax.GradientTransformation, dtype=jnp.float32):
     """Parameters and the three moments after every step, stacked on axis 0."""
-    params, grad = _mlp()
+    params, grad = _mlp(dtype)
 
     def step(carry, _):
         params, state = carry
@@ -370,11 +378,12 @@ def test_defaults_are_optax_contrib_s() -> None:
     assert inspect.signature(scale_by_ademamix).parameters["alpha"].default == 6.0
 
 
-@pytest.mark.parametrize("case", list(PARITY_CASES))
-def test_matches_optax_contrib(case: str) -> None:
-    make_adamx, make_optax = PARITY_CASES[case]
-    actual = _trajectory(make_adamx())
-    expected = _trajectory(make_optax())
+def _float64_trajectory(make: Callable[[], Any]):
+    with jax.enable_x64(True):
+        return jax.tree.map(np.asarray, _trajectory(make(), jnp.float64))
+
+
+def _assert_close(actual, expected, rtol: float) -> None:
     for (path, leaf), want in zip(
         jax.tree_util.tree_leaves_with_path(actual),
         jax.tree_util.tree_leaves(expected),
@@ -382,10 +391,23 @@ def test_matches_optax_contrib(case: str) -> None:
     ):
         leaf, want = np.asarray(leaf), np.asarray(want)
         assert np.all(np.isfinite(want)), jax.tree_util.keystr(path)
-        atol = PARITY_RTOL * float(np.max(np.abs(want)))
+        atol = rtol * float(np.max(np.abs(want)))
         np.testing.assert_allclose(
-            leaf, want, rtol=PARITY_RTOL, atol=atol, err_msg=jax.tree_util.keystr(path)
+            leaf, want, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path)
         )
+
+
+@pytest.mark.parametrize("case", list(PARITY_CASES))
+def test_matches_optax_contrib(case: str) -> None:
+    make_adamx, make_optax = PARITY_CASES[case]
+    actual = _trajectory(make_adamx())
+    if case.startswith("schedules"):
+        expected = _trajectory(make_optax())
+        _assert_close(actual, expected, PARITY_RTOL)
+    else:
+        expected = _float64_trajectory(make_optax)
+        _assert_close(_float64_trajectory(make_adamx), expected, 1e-10)
+        _assert_close(actual, expected, FLOAT64_RTOL)
     params = expected[0]
     assert any(not np.allclose(p[-1], p[0]) for p in jax.tree.leaves(params))
 
