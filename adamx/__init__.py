@@ -3,6 +3,7 @@
 from adamx import compat as compat
 from adamx import diagnostics as diagnostics
 from adamx import guards as guards
+from adamx import low_precision as low_precision
 from adamx import numerics as numerics
 from adamx import quantization as quantization
 from adamx import sharding as sharding
@@ -14,6 +15,8 @@ from adamx.guards import NonfiniteState as NonfiniteState
 from adamx.guards import SpikeState as SpikeState
 from adamx.guards import nonfinite_policy as nonfinite_policy
 from adamx.guards import skip_spikes as skip_spikes
+from adamx.low_precision import LowPrecisionParamsState as LowPrecisionParamsState
+from adamx.low_precision import low_precision_params as low_precision_params
 from adamx.sharding import abstract_state as abstract_state
 from adamx.sharding import state_shardings as state_shardings
 from adamx.storage import Quantized as Quantized
@@ -61,6 +64,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "BiasCorrectionState",
+    "LowPrecisionParamsState",
     "NonfiniteState",
     "Quantized",
     "QuantizedArray",
@@ -93,6 +97,8 @@ __all__ = [
     "diagnostics",
     "guards",
     "lamb",
+    "low_precision",
+    "low_precision_params",
     "nadam",
     "nadamw",
     "nonfinite_policy",

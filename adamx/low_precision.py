@@ -1,0 +1,233 @@
+r"""Low-precision parameters that move as if they were float32.
+
+A bfloat16 parameter :math:`\theta` cannot take a step smaller than half its
+spacing, :math:`|u| < 2^{-9}|\theta|`: ``optax.apply_updates`` rounds
+:math:`\theta + u` back to :math:`\theta`, and late in training, with a
+decayed learning rate, most steps are lost so. :func:`low_precision_params`
+wraps any optimizer and rewrites its update :math:`u` into :math:`u'` such
+that ``optax.apply_updates(params, updates)``, computed in the parameter's own
+dtype, lands on a chosen value :math:`t` exactly:
+
+- ``"kahan"``: :math:`t = \mathrm{rn}(\theta + u + c)`, round to nearest, and
+  the part the dtype could not hold, :math:`c' = \theta + u + c - t`, is kept
+  in the state for the next step (Kahan's compensated summation; Zamirai et
+  al. 2021 for bfloat16 training);
+- ``"stochastic"``: :math:`t` is one of the two neighbours of
+  :math:`\theta + u` in the dtype, the upper with probability of the distance
+  to the lower, so :math:`\mathbb{E}[t] = \theta + u` and no step is lost on
+  average. The noise comes from the seed, the step and the leaf: the state
+  carries a step count, no key.
+
+Leaves in float32 or wider, complex, integer or absent (None) pass through
+unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from adamx import quantization
+from adamx._validation import caller_name, check_int
+
+__all__ = ["LowPrecisionParamsState", "low_precision_params", "update_landing_on"]
+
+
+class LowPrecisionParamsState(NamedTuple):
+    """State of :func:`low_precision_params`.
+
+    Attributes:
+      count: int32, the number of updates seen (saturating); salts the noise.
+      compensation: with ``"kahan"``, per narrow floating parameter leaf
+        :math:`c`, what past updates could not add, in the parameter's dtype;
+        None for other leaves and with ``"stochastic"``.
+      inner: the wrapped optimizer's state.
+    """
+
+    count: jax.Array
+    compensation: Any
+    inner: Any
+
+
+def _narrow(leaf: Any) -> bool:
+    """A real floating leaf narrower than float32: the ones this wrapper rounds."""
+    if leaf is None or not hasattr(leaf, "dtype"):
+        return False
+    dtype = jnp.dtype(leaf.dtype)
+    return jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4
+
+
+def update_landing_on(param: jax.Array, target: jax.Array) -> jax.Array:
+    r"""The float32 update with which ``optax.apply_updates`` lands on ``target``.
+
+    ``target`` is a value of the parameter's dtype, given in float32.
+    ``apply_updates`` adds a float32 update to a bfloat16 parameter in
+    float32 and rounds the sum to bfloat16: :math:`t - \theta` is exact in
+    float32 for two 16-bit values within 16 binades of each other, and
+    otherwise off by far less than half a spacing of :math:`t`, so the sum
+    rounds to :math:`t` either way. An update in the parameter's own dtype
+    could not always do so: for :math:`\theta` in the binade just below
+    :math:`t`, every :math:`\theta + u'` is a tie between two values of
+    :math:`t`'s binade, and round-half-to-even reaches only the even one.
+    """
+    return target - param.astype(jnp.float32)
+
+
+def _round_stochastically(value: jax.Array, dtype: Any, noise: jax.Array) -> jax.Array:
+    r"""``value`` (float32) to a neighbour in ``dtype``, unbiased, as float32.
+
+    Rounds up with probability :math:`(x - \ell)/(h - \ell)`, where
+    :math:`\ell \le x \le h` are the two neighbours of :math:`x` in
+    ``dtype``; the 24 high bits of ``noise`` make the uniform draw.
+    """
+    nearest = value.astype(dtype)
+    near = nearest.astype(jnp.float32)
+    up = jnp.nextafter(nearest, jnp.asarray(jnp.inf, dtype)).astype(jnp.float32)
+    down = jnp.nextafter(nearest, jnp.asarray(-jnp.inf, dtype)).astype(jnp.float32)
+    low = jnp.where(near <= value, near, down)
+    high = jnp.where(near <= value, up, near)
+    uniform = (noise >> 8).astype(jnp.float32) * np.float32(2.0**-24)
+    fraction = (value - low) / (high - low)
+    chosen = jnp.where(uniform < fraction, high, low)
+    # exact values, infinities and NaN keep their nearest rounding
+    keep = (near == value) | ~jnp.isfinite(value) | ~jnp.isfinite(high - low)
+    return jnp.where(keep, near, chosen)
+
+
+def low_precision_params(
+    inner: optax.GradientTransformation,
+    rounding: Literal["kahan", "stochastic"] = "kahan",
+    seed: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Updates for bfloat16 or float16 parameters that lose no small steps.
+
+    For each real floating parameter leaf narrower than float32, with the
+    inner update :math:`u_t` and the parameter :math:`\theta_{t-1}`:
+
+    .. math::
+
+        s_t &= \theta_{t-1} + u_t + c_{t-1} \qquad (c \equiv 0
+            \text{ for stochastic rounding}) \\
+        \theta_t &= \mathrm{rn}(s_t) \ \text{(kahan)}, \qquad
+            \theta_t = \mathrm{sr}(s_t),\
+            \mathbb{E}[\theta_t] = s_t \ \text{(stochastic)} \\
+        c_t &= s_t - \theta_t \ \text{(kahan, rounded to the parameter dtype)}
+
+    and the update returned, :math:`u'_t = \theta_t - \theta_{t-1}`, is
+    float32 for these leaves, so that ``optax.apply_updates(params,
+    updates)``, which adds in float32 and rounds to the parameter's dtype,
+    gives exactly :math:`\theta_t` (:func:`update_landing_on` says why an
+    update in the parameter's dtype could not always). :math:`s_t` is formed in
+    float32: exact for two values of a 16-bit dtype and within a float32
+    rounding with three. Training loops keep calling ``apply_updates``.
+
+    ``"kahan"`` stores :math:`c` in the parameter's dtype (2 bytes per
+    bfloat16 parameter) and is deterministic; ``"stochastic"`` stores nothing
+    per parameter and is unbiased at every step. Other leaves (float32 or
+    wider, complex, integer, None) pass through, as does a non-finite step.
+
+    Args:
+      inner: the optimizer whose updates are rewritten.
+      rounding: ``"kahan"`` or ``"stochastic"``.
+      seed: the base of the stochastic rounding's noise, an int >= 0; with
+        the step count and the leaf's position it salts each step's noise.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with state
+      :class:`LowPrecisionParamsState`; its ``update`` needs ``params``.
+
+    Raises:
+      ValueError: for an unknown ``rounding`` or a bad ``seed``, and at
+        ``update`` without ``params``.
+
+    Example:
+      A step of 1e-3 on a bfloat16 weight of 1 is lost by plain rounding
+      (the spacing there is 2^-7); with compensation, 16 of them move it.
+
+      >>> import jax.numpy as jnp, optax, adamx
+      >>> from adamx.low_precision import low_precision_params
+      >>> opt = low_precision_params(optax.sgd(1e-3))
+      >>> w = jnp.ones(1, jnp.bfloat16)
+      >>> state = opt.init(w)
+      >>> for _ in range(16):
+      ...     updates, state = opt.update(-jnp.ones(1, jnp.bfloat16), state, w)
+      ...     w = optax.apply_updates(w, updates)
+      >>> w
+      Array([1.01562], dtype=bfloat16)
+
+    References:
+      Kahan, *Further remarks on reducing truncation errors*, CACM 8(1), 1965.
+
+      Zamirai, Zhang, Aberger & De Sa, *Revisiting BFloat16 Training*, 2021.
+      https://arxiv.org/abs/2010.06192
+    """
+    caller = caller_name(f"low_precision_params(rounding={rounding!r}, seed={seed!r})")
+    if rounding not in ("kahan", "stochastic"):
+        raise ValueError(f'{caller}: rounding must be "kahan" or "stochastic"')
+    check_int("low_precision_params", "seed", seed, 0)
+    inner = optax.with_extra_args_support(inner)
+    kahan = rounding == "kahan"
+
+    def init_fn(params):
+        def compensation(p):
+            if not (kahan and _narrow(p)):
+                return None
+            if isinstance(p, jax.ShapeDtypeStruct):
+                return jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding)
+            return jnp.zeros_like(p)
+
+        return LowPrecisionParamsState(
+            jnp.zeros([], jnp.int32),
+            jax.tree.map(compensation, params),
+            inner.init(params),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        if params is None:
+            raise ValueError(f"{caller}: update needs params: update(g, state, params)")
+        updates, inner_state = inner.update(updates, state.inner, params, **extra_args)
+        count = optax.safe_increment(state.count)
+        flat_params, treedef = jax.tree.flatten(params, is_leaf=lambda x: x is None)
+        flat_updates = treedef.flatten_up_to(updates)
+        flat_comp = treedef.flatten_up_to(state.compensation)
+        new_updates, new_comp = [], []
+        for index, (p, u, c) in enumerate(
+            zip(flat_params, flat_updates, flat_comp, strict=True)
+        ):
+            if u is None or not _narrow(p) or not jnp.issubdtype(u.dtype, jnp.floating):
+                new_updates.append(u)
+                new_comp.append(c)
+                continue
+            wide = p.astype(jnp.float32)
+            total = wide + u.astype(jnp.float32)
+            if kahan:
+                total = total + c.astype(jnp.float32)
+                target = total.astype(p.dtype).astype(jnp.float32)
+            else:
+                salt = _salt(seed, count, index)
+                noise = quantization.rounding_noise(p.shape, salt)
+                target = _round_stochastically(total, p.dtype, noise)
+            rewritten = update_landing_on(p, target)
+            finite = jnp.isfinite(total)
+            new_updates.append(jnp.where(finite, rewritten, u.astype(jnp.float32)))
+            if kahan:
+                remainder = (total - target).astype(c.dtype)
+                new_comp.append(jnp.where(finite, remainder, c))
+            else:
+                new_comp.append(c)
+        return treedef.unflatten(new_updates), LowPrecisionParamsState(
+            count, treedef.unflatten(new_comp), inner_state
+        )
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _salt(seed: int, count: jax.Array, leaf: int) -> jax.Array:
+    """A scalar uint32 from (seed, step, leaf) for the rounding noise."""
+    step = jnp.asarray(count, jnp.uint32) * jnp.uint32(0x9E3779B9)
+    place = jnp.uint32((leaf * 0xC2B2AE35 + seed * 0x85EBCA6B) % 2**32)
+    return step ^ place
