@@ -123,7 +123,7 @@ def moment_transform(
 
     def init_fn(params: optax.Params) -> Any:
         if any(is_abstract(p) for p in jax.tree.leaves(params)):
-            return _abstract_init(init_fn, params)
+            return abstract_init(init_fn, params)
         starts = (0.0,) * len(storages) if initial_values is None else initial_values
         moments = [
             init_leaves(caller, lambda p, s=storage, v=start: s.init(p, v), params)
@@ -299,7 +299,7 @@ def debiased_signal(
     )
 
 
-def _abstract_init(init_fn: Callable[[Any], Any], params: Any) -> Any:
+def abstract_init(init_fn: Callable[[Any], Any], params: Any) -> Any:
     """``init_fn(params)`` for ``jax.ShapeDtypeStruct`` leaves, without running it.
 
     The state comes back as ``ShapeDtypeStruct`` leaves, as ``jax.eval_shape``

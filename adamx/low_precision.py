@@ -32,6 +32,8 @@ import numpy as np
 import optax
 
 from adamx import quantization
+from adamx._tracing import is_abstract
+from adamx._transform import abstract_init
 from adamx._validation import caller_name, check_int
 
 __all__ = ["LowPrecisionParamsState", "low_precision_params", "update_landing_on"]
@@ -173,12 +175,15 @@ def low_precision_params(
     kahan = rounding == "kahan"
 
     def init_fn(params):
+        if any(is_abstract(p) for p in jax.tree.leaves(params)):
+            return abstract_init(init_fn, params)
+
         def compensation(p):
             if not (kahan and _narrow(p)):
                 return None
-            if isinstance(p, jax.ShapeDtypeStruct):
-                return jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding)
-            return jnp.zeros_like(p)
+            # From p, not a constant: under jit the compiler then shards it
+            # like p (a constant would be replicated). |p| * 0 is +0.
+            return jnp.abs(jnp.where(jnp.isfinite(p), p, 0)) * 0
 
         return LowPrecisionParamsState(
             jnp.zeros([], jnp.int32),

@@ -102,7 +102,15 @@ TRANSFORMS = {
     "adam_bf16_rounded": lambda: adamx.adam(
         1e-3, mu_dtype=adamx.Rounded(jnp.bfloat16), nu_dtype=adamx.Rounded(jnp.bfloat16)
     ),
+    # bfloat16 parameters (BF16_PARAMS): the compensation is sharded like them.
+    "lowp_kahan_int8": lambda: adamx.low_precision_params(
+        adamx.adam(1e-3, mu_dtype="int8", nu_dtype="int8"), "kahan"
+    ),
+    "lowp_stochastic": lambda: adamx.low_precision_params(
+        adamx.adam(1e-3), "stochastic", seed=1
+    ),
 }
+BF16_PARAMS = frozenset({"lowp_kahan_int8", "lowp_stochastic"})
 INT8_TRANSFORMS = frozenset(
     name for name in TRANSFORMS if name.endswith(("_int8", "_int4"))
 )
@@ -224,7 +232,8 @@ def check_covers_params(state, quantized: bool) -> list[str]:
             if quantized and name in QUANTIZED_PARAMS
             else {"moment"}
         )
-        if found and found != want:
+        # low_precision_params's compensation is a plain leaf like a moment.
+        if found and found != want and found != want | {"moment"}:
             failures.append(f"parameter {name!r}: state parts {sorted(found)}")
     return failures
 
@@ -267,6 +276,8 @@ def check_transform(name: str, axis_type: AxisType) -> dict:
     tx = TRANSFORMS[name]()
     params = make_params(mesh, seed=0)
     grads = make_params(mesh, seed=1)
+    if name in BF16_PARAMS:
+        params, grads = jax.tree.map(lambda x: x.astype(jnp.bfloat16), (params, grads))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _check_transform(mesh, tx, name, params, grads, result)

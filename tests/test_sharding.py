@@ -43,6 +43,9 @@ VARIANTS = {
     "ademamix_int8": (True, ()),
     "adam_int4": (True, ()),
     "adam_bf16_rounded": (False, ()),
+    # adamx.low_precision_params on bfloat16 parameters: no collectives either
+    "lowp_kahan_int8": (True, ()),
+    "lowp_stochastic": (False, ()),
 }
 CASES = [(axes, name) for axes in AXES for name in VARIANTS]
 IDS = [f"{axes}-{name}" for axes, name in CASES]
@@ -99,7 +102,7 @@ def zero(run):
 def test_summary_covers_every_transform_and_mesh(run, results, zero):
     _, summary = run
     assert sorted(results) == sorted(CASES)
-    assert len(results) == len(AXES) * len(VARIANTS) == 20
+    assert len(results) == len(AXES) * len(VARIANTS) == 24
     optax_cases = [(r["axes"], r["transform"]) for r in summary["optax"]]
     assert sorted(optax_cases) == sorted(OPTAX_CASES)
     assert sorted(zero) == sorted(ZERO)
