@@ -57,6 +57,17 @@ OPTIMIZERS = sorted(
 MASK = {"b": False, "s": False, "w": True}
 # name: (factory, the node its state must hold for the case to mean anything)
 EXTRA = {
+    # bfloat16 parameters (BF16_CASES): the Kahan compensation is restored too.
+    "low_precision_params[bf16-kahan-int8]": (
+        lambda: adamx.low_precision_params(
+            adamx.adam(1e-2, mu_dtype="int8", nu_dtype="int8"), "kahan"
+        ),
+        adamx.LowPrecisionParamsState,
+    ),
+    "low_precision_params[bf16-stochastic]": (
+        lambda: adamx.low_precision_params(adamx.adam(1e-2), "stochastic", seed=2),
+        adamx.LowPrecisionParamsState,
+    ),
     "adam[int8]": (
         lambda: adamx.adam(1e-2, mu_dtype="int8", nu_dtype="int8"),
         adamx.QuantizedArray,
@@ -195,6 +206,8 @@ def test_the_table_covers_every_direction_and_optimizer():
 def test_resuming_from_a_checkpoint_is_bitwise_identical(case, checkpointer, tmp_path):
     tx, direction_scale = _build(case)
     params0 = _params()
+    if "[bf16" in case:
+        params0 = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params0)
     noise = _noise(params0)
     abstract = jax.eval_shape(lambda p: {"params": p, "opt_state": tx.init(p)}, params0)
     step = _compile_step(tx, direction_scale, abstract, noise[0])
