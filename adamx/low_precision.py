@@ -46,7 +46,7 @@ class LowPrecisionParamsState(NamedTuple):
       count: int32, the number of updates seen (saturating); salts the noise.
       compensation: with ``"kahan"``, per narrow floating parameter leaf
         :math:`c`, what past updates could not add, in the parameter's dtype;
-        None for other leaves and with ``"stochastic"``.
+        a float32 scalar 0 for other leaves and with ``"stochastic"``.
       inner: the wrapped optimizer's state.
     """
 
@@ -180,7 +180,9 @@ def low_precision_params(
 
         def compensation(p):
             if not (kahan and _narrow(p)):
-                return None
+                # A scalar 0, not None (nnx.Optimizer drops None subtrees) nor
+                # an empty array (Orbax refuses to save those).
+                return jnp.zeros([], jnp.float32)
             # From p, not a constant: under jit the compiler then shards it
             # like p (a constant would be replicated). |p| * 0 is +0.
             return jnp.abs(jnp.where(jnp.isfinite(p), p, 0)) * 0

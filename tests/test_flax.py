@@ -42,6 +42,8 @@ LINEN_TX = {
     "adopt": adamx.adopt(1e-2),
     "adam[int8]": adamx.adam(1e-2, mu_dtype="int8", nu_dtype="int8"),
     "adam[int4]": adamx.adam(1e-2, mu_dtype="int4", nu_dtype="int4"),
+    # float32 parameters pass through it: its compensations are scalar zeros
+    "low_precision_params": adamx.low_precision_params(adamx.adam(1e-2)),
 }
 # nnx.Optimizer keeps each state entry in its own container and hands an 8-bit
 # leaf back as a mapping of codes and scales; adamx accepts that form too.
@@ -54,6 +56,7 @@ NNX_TX = {
     "adam[rounded_bf16]": adamx.adam(
         1e-2, mu_dtype=adamx.Rounded(jnp.bfloat16), nu_dtype=adamx.Rounded(jnp.bfloat16)
     ),
+    "low_precision_params": adamx.low_precision_params(adamx.adam(1e-2)),
 }
 
 
