@@ -187,7 +187,7 @@ def expected_sharding(mesh, path, leaf) -> NamedSharding:
     parameter's last axis, which is again the parameter's spec.
     """
     name, _ = _param_of(path)
-    if name is None:
+    if name is None or np.ndim(leaf) == 0:  # scalars (a compensation's 0) too
         return NamedSharding(mesh, P())
     spec = tuple(PARAMS[name][1])
     return NamedSharding(mesh, P(*spec, *([None] * (np.ndim(leaf) - len(spec)))))
