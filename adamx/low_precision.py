@@ -45,8 +45,9 @@ class LowPrecisionParamsState(NamedTuple):
     Attributes:
       count: int32, the number of updates seen (saturating); salts the noise.
       compensation: with ``"kahan"``, per narrow floating parameter leaf
-        :math:`c`, what past updates could not add, in the parameter's dtype;
-        a float32 scalar 0 for other leaves and with ``"stochastic"``.
+        :math:`c`, what past updates could not add, in the parameter's dtype
+        (or int8 codes, with ``compensation_dtype="int8"``); a float32 scalar
+        0 for other leaves and with ``"stochastic"``.
       inner: the wrapped optimizer's state.
     """
 
@@ -75,6 +76,10 @@ def update_landing_on(param: jax.Array, target: jax.Array) -> jax.Array:
     could not always do so: for :math:`\theta` in the binade just below
     :math:`t`, every :math:`\theta + u'` is a tie between two values of
     :math:`t`'s binade, and round-half-to-even reaches only the even one.
+
+    One exception: XLA flushes float32 subnormals to 0, so a difference
+    :math:`|t - \theta| < 2^{-126}` (both within a few of bfloat16's
+    smallest normals of 0) is lost and the parameter stays.
     """
     return target - param.astype(jnp.float32)
 
@@ -104,6 +109,8 @@ def low_precision_params(
     inner: optax.GradientTransformation,
     rounding: Literal["kahan", "stochastic"] = "kahan",
     seed: int = 0,
+    *,
+    compensation_dtype: Literal["int8"] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Updates for bfloat16 or float16 parameters that lose no small steps.
 
@@ -112,39 +119,68 @@ def low_precision_params(
 
     .. math::
 
-        s_t &= \theta_{t-1} + u_t + c_{t-1} \qquad (c \equiv 0
+        s_t &= \theta_{t-1} + (u_t + c_{t-1}) \qquad (c \equiv 0
             \text{ for stochastic rounding}) \\
         \theta_t &= \mathrm{rn}(s_t) \ \text{(kahan)}, \qquad
             \theta_t = \mathrm{sr}(s_t),\
             \mathbb{E}[\theta_t] = s_t \ \text{(stochastic)} \\
-        c_t &= s_t - \theta_t \ \text{(kahan, rounded to the parameter dtype)}
+        c_t &= (\theta_{t-1} - \theta_t) + (u_t + c_{t-1})
+            \ \text{(kahan, stored in the parameter's dtype)}
 
     and the update returned, :math:`u'_t = \theta_t - \theta_{t-1}`, is
     float32 for these leaves, so that ``optax.apply_updates(params,
     updates)``, which adds in float32 and rounds to the parameter's dtype,
     gives exactly :math:`\theta_t` (:func:`update_landing_on` says why an
-    update in the parameter's dtype could not always). :math:`s_t` is formed in
-    float32: exact for two values of a 16-bit dtype and within a float32
-    rounding with three. Training loops keep calling ``apply_updates``.
+    update in the parameter's dtype could not always). The sums are formed in
+    float32 in Kahan's order: the small terms together first, and the
+    remainder from :math:`\theta_{t-1} - \theta_t`, which is exact, so
+    float32 rounds :math:`c_t` relative to its own size, not the parameter's.
+    Training loops keep calling ``apply_updates``.
 
     ``"kahan"`` stores :math:`c` in the parameter's dtype (2 bytes per
     bfloat16 parameter) and is deterministic; ``"stochastic"`` stores nothing
     per parameter and is unbiased at every step. Other leaves (float32 or
     wider, complex, integer, None) pass through, as does a non-finite step.
 
+    With ``compensation_dtype="int8"``, ``"kahan"`` stores :math:`c` in one
+    byte, as a multiple of the parameter's own spacing. Round to nearest
+    leaves :math:`|c_t| \le \tfrac12 \operatorname{ulp}(\theta_t)`, so
+
+    .. math::
+
+        c_t \approx q_t \, \frac{\operatorname{ulp}(\theta_t)}{254}, \qquad
+        q_t = \mathrm{sr}\Big(\frac{254\, c_t}{\operatorname{ulp}(\theta_t)}\Big)
+        \in [-127, 127]
+
+    with :math:`\operatorname{ulp}(\theta)` the spacing of the dtype at
+    :math:`\theta` (its smallest normal's below that). Half a spacing is a
+    whole code, so a remainder that has grown to a tie is kept and the next
+    step crosses it. The code is rounded stochastically, with noise from the
+    seed, the step and the leaf, so the kept remainder is unbiased and no
+    step is lost on average, however small. Each step's error is below
+    :math:`1/254` of a spacing (:math:`2^{-15}` of :math:`|\theta|` in
+    bfloat16) and independent of the others, so after :math:`T` steps they
+    add up to about :math:`\sqrt{T}/508` of a spacing: 254 times less than
+    stochastic rounding of the parameter itself. Near 0 in bfloat16 it keeps
+    less: XLA flushes float32 subnormals, so for :math:`|\theta| < 2^{-111}`
+    the code's unit is 0 and nothing is kept, and at :math:`\theta = 0` a
+    remainder can exceed the code's range and is clipped.
+
     Args:
       inner: the optimizer whose updates are rewritten.
       rounding: ``"kahan"`` or ``"stochastic"``.
       seed: the base of the stochastic rounding's noise, an int >= 0; with
         the step count and the leaf's position it salts each step's noise.
+      compensation_dtype: None (the parameter's dtype) or ``"int8"`` (one
+        byte per parameter, see above); only with ``"kahan"``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state
       :class:`LowPrecisionParamsState`; its ``update`` needs ``params``.
 
     Raises:
-      ValueError: for an unknown ``rounding`` or a bad ``seed``, and at
-        ``update`` without ``params``.
+      ValueError: for an unknown ``rounding``, a bad ``seed`` or
+        ``compensation_dtype``, and at ``update`` without ``params``.
 
     Example:
       A step of 1e-3 on a bfloat16 weight of 1 is lost by plain rounding
@@ -164,6 +200,9 @@ def low_precision_params(
     References:
       Kahan, *Further remarks on reducing truncation errors*, CACM 8(1), 1965.
 
+      Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed.,
+      SIAM 2002, section 4.3 (compensated summation).
+
       Zamirai, Zhang, Aberger & De Sa, *Revisiting BFloat16 Training*, 2021.
       https://arxiv.org/abs/2010.06192
     """
@@ -171,8 +210,20 @@ def low_precision_params(
     if rounding not in ("kahan", "stochastic"):
         raise ValueError(f'{caller}: rounding must be "kahan" or "stochastic"')
     check_int("low_precision_params", "seed", seed, 0)
+    if compensation_dtype is not None:
+        if not _names_int8(compensation_dtype):
+            raise ValueError(
+                f"{caller}: compensation_dtype must be None (the parameter's dtype) "
+                f'or "int8", got {compensation_dtype!r}'
+            )
+        if rounding != "kahan":
+            raise ValueError(
+                f"{caller}: compensation_dtype={compensation_dtype!r} needs "
+                'rounding="kahan"; stochastic rounding keeps no compensation'
+            )
     inner = optax.with_extra_args_support(inner)
     kahan = rounding == "kahan"
+    packed = compensation_dtype is not None
 
     def init_fn(params):
         if any(is_abstract(p) for p in jax.tree.leaves(params)):
@@ -185,7 +236,8 @@ def low_precision_params(
                 return jnp.zeros([], jnp.float32)
             # From p, not a constant: under jit the compiler then shards it
             # like p (a constant would be replicated). |p| * 0 is +0.
-            return jnp.abs(jnp.where(jnp.isfinite(p), p, 0)) * 0
+            zero = jnp.abs(jnp.where(jnp.isfinite(p), p, 0)) * 0
+            return zero.astype(jnp.int8) if packed else zero
 
         return LowPrecisionParamsState(
             jnp.zeros([], jnp.int32),
@@ -210,9 +262,13 @@ def low_precision_params(
                 new_comp.append(c)
                 continue
             wide = p.astype(jnp.float32)
-            total = wide + u.astype(jnp.float32)
+            step = u.astype(jnp.float32)
+            if kahan:  # Kahan's order: the small terms together first
+                step = step + (
+                    _decode(c, wide, p.dtype) if packed else c.astype(jnp.float32)
+                )
+            total = wide + step
             if kahan:
-                total = total + c.astype(jnp.float32)
                 target = total.astype(p.dtype).astype(jnp.float32)
             else:
                 salt = _salt(seed, count, index)
@@ -222,8 +278,14 @@ def low_precision_params(
             finite = jnp.isfinite(total)
             new_updates.append(jnp.where(finite, rewritten, u.astype(jnp.float32)))
             if kahan:
-                remainder = (total - target).astype(c.dtype)
-                new_comp.append(jnp.where(finite, remainder, c))
+                # theta - target is exact: two nearby values of a 16-bit dtype
+                remainder = (wide - target) + step
+                if packed:
+                    noise = quantization.rounding_noise(
+                        p.shape, _salt(seed, count, index)
+                    )
+                    remainder = _encode(remainder, target, p.dtype, noise)
+                new_comp.append(jnp.where(finite, remainder.astype(c.dtype), c))
             else:
                 new_comp.append(c)
         return treedef.unflatten(new_updates), LowPrecisionParamsState(
@@ -231,6 +293,46 @@ def low_precision_params(
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _names_int8(dtype: Any) -> bool:
+    try:
+        return not isinstance(dtype, bool) and jnp.dtype(dtype) == jnp.int8
+    except TypeError:
+        return False
+
+
+def _code_unit(param: jax.Array, dtype: Any) -> jax.Array:
+    """1/254 of the spacing of ``dtype`` at ``param`` (float32, a value of dtype).
+
+    The spacing is 2^(e - mantissa bits) for |param| in [2^e, 2^(e+1)); below
+    the dtype's smallest normal it is the smallest normal's. Half a spacing,
+    the largest remainder of a rounding to nearest, is then code 127.
+    """
+    info = jnp.finfo(dtype)
+    magnitude = jnp.maximum(jnp.abs(param), np.float32(info.smallest_normal))
+    # clearing the mantissa leaves the power of two at or below |param|
+    bits = jax.lax.bitcast_convert_type(magnitude, jnp.uint32) & jnp.uint32(0x7F800000)
+    binade = jax.lax.bitcast_convert_type(bits, jnp.float32)
+    return binade * np.float32(2.0**-info.nmant / 254)
+
+
+def _decode(code: jax.Array, param: jax.Array, dtype: Any) -> jax.Array:
+    """The float32 compensation an int8 code stands for at ``param``."""
+    return code.astype(jnp.float32) * _code_unit(param, dtype)
+
+
+def _encode(
+    remainder: jax.Array, param: jax.Array, dtype: Any, noise: jax.Array
+) -> jax.Array:
+    """``remainder`` as an int8 multiple of ``param``'s code unit, rounded unbiased."""
+    unit = _code_unit(param, dtype)
+    # a unit below float32's normals is flushed to 0: nothing can be kept there
+    scaled = jnp.where(unit > 0, remainder / jnp.where(unit > 0, unit, 1), 0)
+    low = jnp.floor(scaled)
+    uniform = (noise >> 8).astype(jnp.float32) * np.float32(2.0**-24)
+    code = low + (uniform < scaled - low).astype(jnp.float32)
+    return jnp.clip(code, -127, 127).astype(jnp.int8)
 
 
 def _salt(seed: int, count: jax.Array, leaf: int) -> jax.Array:

@@ -103,8 +103,11 @@ TRANSFORMS = {
         1e-3, mu_dtype=adamx.Rounded(jnp.bfloat16), nu_dtype=adamx.Rounded(jnp.bfloat16)
     ),
     # bfloat16 parameters (BF16_PARAMS): the compensation is sharded like them.
+    # (the compensation in one byte: int8 codes, sharded like the parameter)
     "lowp_kahan_int8": lambda: adamx.low_precision_params(
-        adamx.adam(1e-3, mu_dtype="int8", nu_dtype="int8"), "kahan"
+        adamx.adam(1e-3, mu_dtype="int8", nu_dtype="int8"),
+        "kahan",
+        compensation_dtype="int8",
     ),
     "lowp_stochastic": lambda: adamx.low_precision_params(
         adamx.adam(1e-3), "stochastic", seed=1

@@ -261,3 +261,62 @@ def test_nnx_model_trains_with_8bit_state_in_a_plain_optax_loop():
     trained = nnx.merge(graphdef, params)
     losses.append(float(_nnx_loss(trained, X, Y)))
     _assert_learned(losses, float(jnp.mean(jnp.argmax(trained(X), axis=-1) == Y)))
+
+
+# bfloat16 parameters -----------------------------------------------------------
+
+# low_precision_params on bfloat16 parameters (and float32 inputs: the layers
+# compute in float32); the gradients come back in bfloat16.
+BF16_TX = {
+    "kahan": adamx.low_precision_params(adamx.adam(1e-2)),
+    "kahan8[int8]": adamx.low_precision_params(
+        adamx.adam(1e-2, mu_dtype="int8", nu_dtype="int8"), compensation_dtype="int8"
+    ),
+    "stochastic[int4]": adamx.low_precision_params(
+        adamx.adam(1e-2, mu_dtype="int4", nu_dtype="int4"), "stochastic"
+    ),
+}
+
+
+def _to_bfloat16(tree):
+    return jax.tree.map(lambda p: p.astype(jnp.bfloat16), tree)
+
+
+@pytest.mark.parametrize("name", sorted(BF16_TX))
+def test_bfloat16_parameters_train_in_a_train_state_as_in_a_plain_loop(name):
+    tx = BF16_TX[name]
+    start = _to_bfloat16(LINEN_PARAMS)
+    state = _create_train_state(start, tx)
+    params, opt_state = start, jax.jit(tx.init)(start)
+    for _ in range(COMPARED_STEPS):
+        state, _ = _train_state_step(state, X, Y)
+        params, opt_state = _plain_optax_step(params, opt_state, X, Y, tx)
+    _assert_trees_close(state.params, params)
+    _assert_trees_close(state.opt_state, opt_state)
+    losses = [float(_linen_loss(start, X, Y))]
+    for _ in range(STEPS - COMPARED_STEPS):
+        state, _ = _train_state_step(state, X, Y)
+    losses.append(float(_linen_loss(state.params, X, Y)))
+    assert {p.dtype for p in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.bfloat16)}
+    logits = LINEN_MODEL.apply({"params": state.params}, X)
+    _assert_learned(losses, float(jnp.mean(jnp.argmax(logits, axis=-1) == Y)))
+
+
+@pytest.mark.parametrize("name", sorted(BF16_TX))
+def test_bfloat16_parameters_train_in_an_nnx_optimizer_as_in_a_plain_loop(name):
+    tx = BF16_TX[name]
+    graphdef, state = nnx.split(NnxMLP(nnx.Rngs(0)))
+    model = nnx.merge(graphdef, _to_bfloat16(state))
+    params = _to_bfloat16(nnx.to_pure_dict(state))
+    opt_state = jax.jit(tx.init)(params)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    for _ in range(COMPARED_STEPS):
+        _nnx_step(model, optimizer, X, Y)
+        params, opt_state = _plain_nnx_step(params, opt_state, X, Y, graphdef, tx)
+    _assert_trees_close(nnx.to_pure_dict(nnx.state(model, nnx.Param)), params)
+    _assert_trees_close(_as_dict(optimizer.opt_state), _as_dict(opt_state))
+    losses = [float(_nnx_loss(nnx.merge(graphdef, _to_bfloat16(state)), X, Y))]
+    for _ in range(STEPS - COMPARED_STEPS):
+        _nnx_step(model, optimizer, X, Y)
+    losses.append(float(_nnx_loss(model, X, Y)))
+    _assert_learned(losses, float(jnp.mean(jnp.argmax(model(X), axis=-1) == Y)))

@@ -50,6 +50,14 @@ def _flushed(x: np.ndarray) -> np.ndarray:
     return np.where(np.abs(x) < tiny, np.zeros_like(x), x)
 
 
+def _landing(p32: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Where apply_updates lands: the target, unless the float32 step to it is
+    a subnormal, which XLA flushes to 0 (update_landing_on's exception)."""
+    with np.errstate(invalid="ignore"):
+        flushed = np.abs(target - p32.astype(np.float64)) < np.finfo(np.float32).tiny
+    return np.where(flushed, p32.astype(np.float64), target)
+
+
 def _nearest(x64: np.ndarray, dtype) -> np.ndarray:
     """Round to nearest even in ``dtype`` (via float64, exact for these sums)."""
     return x64.astype(dtype).astype(np.float64)
@@ -68,20 +76,20 @@ def test_the_rewritten_update_lands_exactly(name, data):
     state = state._replace(compensation=jnp.asarray(c, dtype))
     updates, new_state = opt.update(jnp.asarray(u, dtype), state, params)
     landed = np.asarray(optax.apply_updates(params, updates)).astype(np.float64)
-    # float32 forms the sum: exact when the three fit in 24 bits, and then the
-    # target is the float64 one; elsewhere it is float32's rounding of it.
+    # float32 forms the sums, in Kahan's order: u + c, then p + (u + c).
     # XLA flushes float32 subnormals to zero, in operands and results, and
     # bfloat16's subnormals are float32's: the reference flushes them too.
     p32, u32, c32 = (_flushed(x.astype(np.float32)) for x in (p, u, c))
-    total32 = _flushed((p32 + u32) + c32)
+    step32 = _flushed(u32 + c32)
+    total32 = _flushed(p32 + step32)
     with np.errstate(over="ignore"):  # float16 overflows to inf, excluded below
         target = _flushed(_nearest(total32.astype(np.float64), p.dtype))
     finite = np.isfinite(target) & np.isfinite(total32)
     assert updates.dtype == jnp.float32  # why: adamx.low_precision.update_landing_on
-    np.testing.assert_array_equal(landed[finite], target[finite])
+    np.testing.assert_array_equal(landed[finite], _landing(p32, target)[finite])
     with np.errstate(over="ignore", invalid="ignore"):
-        remainder = _flushed((total32.astype(np.float64) - target).astype(np.float32))
-        remainder = remainder.astype(p.dtype)
+        difference = _flushed((p32.astype(np.float64) - target).astype(np.float32))
+        remainder = _flushed(difference + step32).astype(p.dtype)
     np.testing.assert_array_equal(
         np.asarray(new_state.compensation)[finite], remainder[finite]
     )
@@ -171,6 +179,91 @@ def test_kahan_follows_float32_where_plain_bfloat16_stalls():
     )
 
 
+def _spacing(x: np.ndarray, dtype) -> np.ndarray:
+    """The spacing of ``dtype`` at each x, its smallest normal's below that."""
+    info = ml_dtypes.finfo(dtype)
+    magnitude = np.maximum(np.abs(x.astype(np.float64)), float(info.smallest_normal))
+    return 2.0 ** (np.floor(np.log2(magnitude)) - info.nmant)
+
+
+@pytest.mark.parametrize("name", DTYPES)
+@given(data=st.data())
+def test_int8_compensation_lands_exactly_and_codes_the_remainder(name, data):
+    """The landing is round-to-nearest of theta + u + c(q); q is the remainder
+    in 254ths of the new parameter's spacing, rounded to one of its two
+    neighbouring integers."""
+    dtype = DTYPES[name]
+    np_dtype = np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.float16
+    p = data.draw(_values(name, 16))
+    u = data.draw(_small(name, 16))
+    q = np.asarray(
+        data.draw(st.lists(st.integers(-127, 127), min_size=16, max_size=16))
+    )
+    opt = adamx.low_precision_params(optax.identity(), compensation_dtype="int8")
+    params = jnp.asarray(p, dtype)
+    state = opt.init(params)
+    assert state.compensation.dtype == jnp.int8
+    state = state._replace(compensation=jnp.asarray(q, jnp.int8))
+    updates, new_state = opt.update(jnp.asarray(u, dtype), state, params)
+    landed = np.asarray(optax.apply_updates(params, updates)).astype(np.float64)
+    p32, u32 = (_flushed(x.astype(np.float32)) for x in (p, u))
+    # the code's unit, as the wrapper computes it: flushed when subnormal
+    unit_p = _flushed((_spacing(p32, np_dtype) / 254).astype(np.float32))
+    c32 = _flushed((q * unit_p.astype(np.float64)).astype(np.float32))
+    step32 = _flushed(u32 + c32)
+    total32 = _flushed(p32 + step32)
+    with np.errstate(over="ignore"):
+        target = _flushed(_nearest(total32.astype(np.float64), np_dtype))
+    ok = np.isfinite(target) & np.isfinite(total32) & (np.abs(target) > 0)
+    np.testing.assert_array_equal(landed[ok], _landing(p32, target)[ok])
+    unit = _flushed((_spacing(target, np_dtype) / 254).astype(np.float32))
+    kept = ok & (unit > 0)  # a float32 subnormal unit is flushed: nothing kept
+    with np.errstate(over="ignore", invalid="ignore"):
+        difference = _flushed((p32.astype(np.float64) - target).astype(np.float32))
+        remainder = _flushed(difference + step32).astype(np.float64)
+    scaled = remainder / np.where(kept, unit, 1)
+    code = np.asarray(new_state.compensation).astype(np.float64)
+    np.testing.assert_array_less(np.abs(code - scaled)[kept], 1 + 1e-3)
+    np.testing.assert_array_equal(code[ok & (unit == 0)], 0)
+    assert np.all(np.abs(code) <= 127)
+
+
+@pytest.mark.parametrize("name", DTYPES)
+def test_int8_compensation_loses_no_step_on_average(name):
+    """SGD steps of 2^-21, an eighth of a code unit in float16 and a 64th in
+    bfloat16: theta + c(q) follows the exact sum within the stochastic
+    coding's noise (a random walk of 1/254ths of a spacing), and the mean
+    error is within 4 standard errors of 0."""
+    dtype = DTYPES[name]
+    np_dtype = np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.float16
+    n, steps, step = 4096, 300, 2.0**-21
+    params = jnp.linspace(1.0, 1.99, n).astype(dtype)
+    start = np.asarray(params).astype(np.float64)
+    opt = adamx.low_precision_params(optax.sgd(1.0), compensation_dtype="int8")
+    grads = jnp.full(n, -step, jnp.float32)
+
+    @jax.jit
+    def train(params, state):
+        def body(_, carry):
+            params, state = carry
+            updates, state = opt.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        return jax.lax.fori_loop(0, steps, body, (params, state))
+
+    params, state = train(params, opt.init(params))
+    held = np.asarray(params).astype(np.float64) + np.asarray(
+        state.compensation
+    ).astype(np.float64) * (_spacing(np.asarray(params), np_dtype) / 254)
+    error = held - (start + steps * step)
+    unit = _spacing(np.asarray(params), np_dtype) / 254
+    # Each step's coding error is independent, of variance at most 1/4 unit^2:
+    # a random walk of standard deviation at most sqrt(steps) / 2 units.
+    walk = np.sqrt(steps) / 2
+    assert np.max(np.abs(error) / unit) <= 6 * walk
+    assert abs(np.mean(error / unit)) < 4 * walk / np.sqrt(n)
+
+
 def test_other_leaves_pass_through_bit_for_bit():
     params = {
         "f32": jnp.linspace(-1.0, 1.0, 5),
@@ -210,6 +303,14 @@ def test_construction_and_update_errors_name_the_argument():
         adamx.low_precision_params(optax.identity(), rounding="nearest")
     with pytest.raises(ValueError, match=r"seed=-1\): seed must be an int >= 0"):
         adamx.low_precision_params(optax.identity(), seed=-1)
+    with pytest.raises(
+        ValueError, match=r'compensation_dtype must be None .* or "int8"'
+    ):
+        adamx.low_precision_params(optax.identity(), compensation_dtype="int4")
+    with pytest.raises(ValueError, match=r'needs rounding="kahan"'):
+        adamx.low_precision_params(
+            optax.identity(), "stochastic", compensation_dtype="int8"
+        )
     opt = adamx.low_precision_params(optax.identity())
     with pytest.raises(ValueError, match="update needs params"):
         opt.update(jnp.ones(2), opt.init(jnp.ones(2, jnp.bfloat16)))
@@ -231,7 +332,14 @@ def _train(opt, steps, params):
     return params, state
 
 
-@pytest.mark.parametrize("rounding", ["kahan", "stochastic"])
+ROUNDINGS = {
+    "kahan": {"rounding": "kahan"},
+    "kahan_int8": {"rounding": "kahan", "compensation_dtype": "int8"},
+    "stochastic": {"rounding": "stochastic"},
+}
+
+
+@pytest.mark.parametrize("rounding", ROUNDINGS)
 def test_composes_with_optax_and_adamx_wrappers(rounding):
     params = {"w": jnp.linspace(-1, 1, 256).astype(jnp.bfloat16).reshape(16, 16)}
     inner = adamx.nonfinite_policy(
@@ -245,7 +353,8 @@ def test_composes_with_optax_and_adamx_wrappers(rounding):
         )
     )
     opt = optax.MultiSteps(
-        adamx.low_precision_params(inner, rounding, seed=1), every_k_schedule=2
+        adamx.low_precision_params(inner, seed=1, **ROUNDINGS[rounding]),
+        every_k_schedule=2,
     )
     trained, state = _train(opt, 6, params)
     assert trained["w"].dtype == jnp.bfloat16
@@ -256,11 +365,13 @@ def test_composes_with_optax_and_adamx_wrappers(rounding):
     assert jax.tree.structure(planned) == jax.tree.structure(state)
 
 
-@pytest.mark.parametrize("rounding", ["kahan", "stochastic"])
+@pytest.mark.parametrize("rounding", ROUNDINGS)
 def test_resume_from_saved_state_is_bit_for_bit(rounding):
     """The state through host arrays (what a checkpoint holds) and back."""
     params = {"w": jnp.linspace(0.1, 3, 64).astype(jnp.bfloat16)}
-    opt = adamx.low_precision_params(adamx.adam(1e-3, mu_dtype="int8"), rounding)
+    opt = adamx.low_precision_params(
+        adamx.adam(1e-3, mu_dtype="int8"), **ROUNDINGS[rounding]
+    )
     whole, whole_state = _train(opt, 8, params)
     half, half_state = _train(opt, 4, params)
     saved = jax.tree.map(np.asarray, (half, half_state))

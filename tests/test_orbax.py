@@ -64,6 +64,13 @@ EXTRA = {
         ),
         adamx.LowPrecisionParamsState,
     ),
+    "low_precision_params[bf16-kahan8-int4]": (
+        lambda: adamx.low_precision_params(
+            adamx.adam(1e-2, mu_dtype="int4", nu_dtype="int4"),
+            compensation_dtype="int8",
+        ),
+        adamx.LowPrecisionParamsState,
+    ),
     "low_precision_params[bf16-stochastic]": (
         lambda: adamx.low_precision_params(adamx.adam(1e-2), "stochastic", seed=2),
         adamx.LowPrecisionParamsState,
