@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from catalogue import VARIANTS
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from matrix_cases import VARIANTS
 
 import adamx
 
@@ -33,7 +33,6 @@ STORAGES = {
     "int8": adamx.Quantized(bits=8, min_size=128),
     "int4": adamx.Quantized(bits=4, min_size=128),
 }
-ROUNDED_REFUSED = {"adopt"}  # its step needs the old moment (documented)
 
 
 def _concrete(params):
@@ -45,11 +44,12 @@ def _described(tree):
 
 
 def _build(variant, storage):
-    takes_storage = "mu_dtype" in variant.parameters
+    takes_storage = variant.entry.takes_storage
     if storage is not None and not takes_storage:
         pytest.skip(f"{variant.name} stores no moments")
-    if isinstance(storage, adamx.Rounded) and variant.family in ROUNDED_REFUSED:
-        pytest.skip("ADOPT refuses Rounded storage, tested in test_storage")
+    if isinstance(storage, adamx.Rounded) and not variant.entry.rounded_storage:
+        # Its step needs the old moment (documented); tested in test_storage.
+        pytest.skip(f"{variant.name} refuses Rounded storage")
     kwargs = {"mu_dtype": storage, "nu_dtype": storage} if takes_storage else {}
     return variant.build(**kwargs)
 
