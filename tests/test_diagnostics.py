@@ -2,28 +2,20 @@
 
 Norms, step statistics and non-finite counts are recomputed here in float64
 NumPy from the gradients and updates; Adam's signal-to-noise ratio comes from a
-float64 NumPy Adam written in this file. The table covers every optimizer in
-``adamx.__all__``.
+float64 NumPy Adam written in this file. The table covers every optimizer of
+the catalogue (``tests/catalogue.py``).
 """
 
 from __future__ import annotations
-
-import inspect
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from catalogue import OPTIMIZERS, build
 
 import adamx
-
-OPTIMIZERS = sorted(
-    n
-    for n in adamx.__all__
-    if inspect.isfunction(getattr(adamx, n))
-    and "learning_rate" in inspect.signature(getattr(adamx, n)).parameters
-)
 
 
 def _params():
@@ -59,7 +51,7 @@ def _run(opt, steps, params=None):
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_norms_steps_and_counts_match_numpy(name):
-    opt = adamx.with_stats(getattr(adamx, name)(learning_rate=1e-2))
+    opt = adamx.with_stats(build(name))  # learning rate 1e-2
     for t, (grads, updates, stats) in enumerate(_run(opt, 4), start=1):
         g, u = _flat(grads), _flat(updates)
         assert stats.step == t

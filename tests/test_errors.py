@@ -16,78 +16,99 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from catalogue import BY_NAME, CATALOGUE, WRAPPERS, build
 
 import adamx
 
 DIRECTION_ARGS = ("b1", "b2", "eps", "eps_root", "mu_dtype", "nu_dtype")
 OPTIMIZER_ARGS = ("learning_rate", *DIRECTION_ARGS)
 
-# name -> (factory, required arguments, arguments it takes, constant-g kind)
+# The Adam family, whose directions a constant gradient makes easy to state
+# by hand (the traced-hyperparameter and schedule tests below):
+# name -> (factory, required arguments, constant-g kind)
 FACTORIES = {
-    "scale_by_adam": (adamx.scale_by_adam, {}, DIRECTION_ARGS, "adam"),
-    "scale_by_amsgrad": (adamx.scale_by_amsgrad, {}, DIRECTION_ARGS, "adam"),
-    "bias_correction": (adamx.bias_correction, {"decay": 0.9}, ("decay",), "bias"),
-    "adam": (adamx.adam, {"learning_rate": 1e-3}, OPTIMIZER_ARGS, "adam"),
-    "adamw": (
-        adamx.adamw,
-        {"learning_rate": 1e-3},
-        (*OPTIMIZER_ARGS, "weight_decay"),
-        "adam",
-    ),
-    "nadam": (adamx.nadam, {"learning_rate": 1e-3}, OPTIMIZER_ARGS, "nesterov"),
-    "nadamw": (
-        adamx.nadamw,
-        {"learning_rate": 1e-3},
-        (*OPTIMIZER_ARGS, "weight_decay"),
-        "nesterov",
-    ),
-    "amsgrad": (adamx.amsgrad, {"learning_rate": 1e-3}, OPTIMIZER_ARGS, "adam"),
+    "scale_by_adam": (adamx.scale_by_adam, {}, "adam"),
+    "scale_by_amsgrad": (adamx.scale_by_amsgrad, {}, "adam"),
+    "bias_correction": (adamx.bias_correction, {"decay": 0.9}, "bias"),
+    "adam": (adamx.adam, {"learning_rate": 1e-3}, "adam"),
+    "adamw": (adamx.adamw, {"learning_rate": 1e-3}, "adam"),
+    "nadam": (adamx.nadam, {"learning_rate": 1e-3}, "nesterov"),
+    "nadamw": (adamx.nadamw, {"learning_rate": 1e-3}, "nesterov"),
+    "amsgrad": (adamx.amsgrad, {"learning_rate": 1e-3}, "adam"),
 }
 ALIASES = ("adam", "adamw", "nadam", "nadamw", "amsgrad")
 STATEFUL = [name for name in FACTORIES if name != "bias_correction"]
 
 
 def _build(name: str, **overrides):
-    factory, required, _, _ = FACTORIES[name]
+    factory, required, _ = FACTORIES[name]
     return factory(**{**required, **overrides})
+
+
+# How every argument of every catalogued transform is checked at construction:
+# argument -> (values out of range, the sentence the error ends with, the
+# edge value that is still accepted). A new argument without a rule fails
+# test_every_argument_of_every_transform_has_a_rule.
+DECAY = ([1.5, -0.1, 1.0, 1, float("nan")], "must be in [0, 1)", 0.0)
+NON_NEGATIVE = ([-0.1, -1e-12], "must be >= 0", 0.0)
+RECTIFIABLE = ([3.0, -1.0], "must be >= 4", 4.0)
+RULES = {
+    **dict.fromkeys(("b1", "b2", "b3", "decay"), DECAY),
+    **dict.fromkeys(
+        (
+            "eps",
+            "eps_root",
+            "learning_rate",
+            "weight_decay",
+            "a",
+            "b",
+            "alpha",
+            "initial_accumulator_value",
+        ),
+        NON_NEGATIVE,
+    ),
+    "threshold": RECTIFIABLE,
+}
+STORAGE_ARGS = ("mu_dtype", "nu_dtype")
+# (a value that is no floating dtype, the message's tail after the quote)
+BAD_STORAGE = [
+    ("float33", "unknown dtype"),
+    ("int32", "state must be stored in a floating"),
+    ("bool", "state must be stored in a floating"),
+    (jnp.int8, "state must be stored in a floating"),
+]
+# Switches and callables: checked by type in the non-numeric test below.
+NOT_RANGES = {
+    "mask",
+    "nesterov",
+    "epsilon_hat",
+    "bias_correction_mu",
+    "bias_correction_nu",
+    "max_of",
+    "use_clipping",
+    "clip_value_fn",
+}
+
+
+def _show(value) -> str:
+    return value.__name__ if isinstance(value, type) else repr(value)
 
 
 def _bad_arguments():
     """(name, argument, value, the start of the expected message)."""
     cases = []
-    for name, (_, _, arguments, _) in FACTORIES.items():
-        for arg in arguments:
-            if arg in ("b1", "b2", "decay"):
-                for value in (1.5, -0.1, 1.0, float("nan")):
-                    cases.append(
-                        (
-                            name,
-                            arg,
-                            value,
-                            f"{name}({arg}={value!r}): {arg} must be in [0, 1)",
-                        )
-                    )
-            elif arg in ("eps", "eps_root", "learning_rate", "weight_decay"):
-                for value in (-0.1, -1e-12):
-                    cases.append(
-                        (
-                            name,
-                            arg,
-                            value,
-                            f"{name}({arg}={value!r}): {arg} must be >= 0",
-                        )
-                    )
-            else:
-                cases.append(
-                    (name, arg, "float33", f"{name}({arg}='float33'): unknown dtype")
+    for entry in CATALOGUE:
+        for arg in entry.parameters:
+            if arg in RULES:
+                values, sentence, _ = RULES[arg]
+                cases.extend(
+                    (entry.name, arg, v, f"{entry.name}({arg}={v!r}): {arg} {sentence}")
+                    for v in values
                 )
-                cases.append(
-                    (
-                        name,
-                        arg,
-                        "int32",
-                        f"{name}({arg}='int32'): state must be stored in a floating",
-                    )
+            elif arg in STORAGE_ARGS:
+                cases.extend(
+                    (entry.name, arg, v, f"{entry.name}({arg}={v!r}): {tail}")
+                    for v, tail in BAD_STORAGE
                 )
     return cases
 
@@ -95,15 +116,26 @@ def _bad_arguments():
 BAD = _bad_arguments()
 
 
+def test_every_argument_of_every_transform_has_a_rule():
+    known = {*RULES, *STORAGE_ARGS, *NOT_RANGES}
+    unknown = sorted(
+        f"{entry.name}({arg})"
+        for entry in CATALOGUE
+        for arg in entry.parameters
+        if arg not in known
+    )
+    assert not unknown, f"add the range of {unknown} to RULES in test_errors.py"
+
+
 @pytest.mark.parametrize(
     ("name", "arg", "value", "message"),
     BAD,
-    ids=[f"{n}-{a}={v!r}" for n, a, v, _ in BAD],
+    ids=[f"{n}-{a}={_show(v)}" for n, a, v, _ in BAD],
 )
 def test_bad_hyperparameter_raises_quoting_the_call(name, arg, value, message):
     # Anchored: "scale_by_adam(...)" must not pass for "adam(...)".
     with pytest.raises(ValueError, match="^" + re.escape(message)):
-        _build(name, **{arg: value})
+        build(name, **{arg: value})
 
 
 def test_examples_from_the_documentation():
@@ -115,12 +147,12 @@ def test_examples_from_the_documentation():
         adamx.adam(-0.1)
 
 
-@pytest.mark.parametrize("name", list(FACTORIES))
+@pytest.mark.parametrize("name", [entry.name for entry in CATALOGUE])
 def test_valid_edge_values_are_accepted(name):
-    """0 is inside [0, 1) and >= 0; every argument at 0 builds."""
-    _, _, arguments, _ = FACTORIES[name]
-    zeros = {a: 0.0 for a in arguments if not a.endswith("_dtype")}
-    _build(name, **zeros)
+    """Every checked argument at the edge of its range (0, or RAdam's 4) builds."""
+    edges = {a: RULES[a][2] for a in BY_NAME[name].parameters if a in RULES}
+    assert edges
+    build(name, **edges)
 
 
 # --------------------------------------------------------------------------
@@ -162,7 +194,7 @@ def _first_update(name, hyper, lr, g):
 @pytest.mark.parametrize("name", list(FACTORIES))
 def test_traced_hyperparameters_build_inside_jit(name):
     """b1 (or decay) and the learning rate as tracers: built, run, not validated."""
-    _, _, _, kind = FACTORIES[name]
+    _, _, kind = FACTORIES[name]
     run = jax.jit(lambda hyper, lr, g: _first_update(name, hyper, lr, g))
     u = np.asarray(run(0.8, 0.5, jnp.asarray(G)), np.float64)
     if kind == "bias":
@@ -181,7 +213,7 @@ def test_learning_rate_schedules_are_accepted(name):
     def schedule(count):
         return 0.1 / (count + 1)
 
-    _, _, _, kind = FACTORIES[name]
+    _, _, kind = FACTORIES[name]
     tx = _build(name, learning_rate=schedule)
     params = jnp.zeros(3)
     state = tx.init(params)
@@ -259,15 +291,24 @@ def test_update_with_a_non_float_leaf_names_its_path(name, leaf, value, dtype):
         tx.update(grads, state, params)
 
 
+# Every catalogued transform, the wrappers and AdEMAMix's b3 schedule;
+# with_stats checks its one number (every) itself (see test_diagnostics).
+NUMERIC_FACTORIES = [
+    name
+    for name in adamx.__all__
+    if name in BY_NAME
+    or (name in WRAPPERS and name != "with_stats")
+    or name == "ademamix_b3_schedule"
+]
+
+
 def _numeric_arguments():
-    """(public transform, one of its numeric hyperparameters), for every pair."""
-    skip = {"abstract_state", "state_nbytes", "state_shardings", "with_stats"}
+    """(public factory, one of its numeric hyperparameters), for every pair."""
     cases = []
-    for name in adamx.__all__:
-        factory = getattr(adamx, name)
-        if not (callable(factory) and name[0].islower()) or name in skip:
-            continue
-        for arg, parameter in inspect.signature(factory).parameters.items():
+    for name in NUMERIC_FACTORIES:
+        for arg, parameter in inspect.signature(
+            getattr(adamx, name)
+        ).parameters.items():
             numeric = isinstance(parameter.default, (int, float)) and not isinstance(
                 parameter.default, bool
             )
@@ -280,17 +321,11 @@ NUMERIC = _numeric_arguments()
 
 
 def _required(name: str) -> dict:
-    parameters = inspect.signature(getattr(adamx, name)).parameters
-    required = {}
-    if "learning_rate" in parameters:
-        required["learning_rate"] = 1e-3
-    if "decay" in parameters and name == "bias_correction":
-        required["decay"] = 0.9
-    if "inner" in parameters:
-        required["inner"] = adamx.adam(1e-3)
     if name == "ademamix_b3_schedule":
-        required.update(b3=0.999, warmup_steps=10)
-    return required
+        return {"b3": 0.999, "warmup_steps": 10}
+    if name in WRAPPERS:
+        return {"inner": adamx.adam(1e-3)}
+    return dict(BY_NAME[name].required)
 
 
 def test_every_transform_with_numbers_is_covered():

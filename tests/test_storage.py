@@ -1,7 +1,7 @@
 """How moments are stored: 8- and 4-bit block-wise codes, bfloat16 rounding.
 
-Table-driven over the storage kinds and over every ``scale_by_*`` and alias in
-``adamx.__all__``:
+Table-driven over the storage kinds and over every ``scale_by_*`` and alias of
+the catalogue (``tests/catalogue.py``):
 
 - every code format decodes to the grid the :mod:`adamx.quantization`
   docstring describes (built here in float64 from that text); round-to-nearest
@@ -25,7 +25,6 @@ Table-driven over the storage kinds and over every ``scale_by_*`` and alias in
 from __future__ import annotations
 
 import functools
-import inspect
 import io
 import itertools
 import re
@@ -35,45 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from catalogue import ALL, BY_NAME, DIRECTIONS, build, moments
 
 import adamx
 from adamx import quantization as q
 
-DIRECTIONS = sorted(n for n in adamx.__all__ if n.startswith("scale_by_"))
-OPTIMIZERS = sorted(
-    n
-    for n in adamx.__all__
-    if inspect.isfunction(getattr(adamx, n))
-    and "learning_rate" in inspect.signature(getattr(adamx, n)).parameters
-)
-ALL = DIRECTIONS + OPTIMIZERS
-LEARNING_RATE = 1e-2
+LEARNING_RATE = 1e-2  # catalogue.REQUIRED's, which build() gives optimizers
 INT8 = {"mu_dtype": "int8", "nu_dtype": "int8"}
-
-
-def _build(name, **kwargs):
-    if name in OPTIMIZERS:
-        kwargs.setdefault("learning_rate", LEARNING_RATE)
-    return getattr(adamx, name)(**kwargs)
-
-
-def _moments(state):
-    """(field, subtree) for every mu*/nu* field of every NamedTuple state inside."""
-    found = []
-
-    def visit(node):
-        if isinstance(node, tuple) and hasattr(node, "_fields"):
-            for field in node._fields:
-                if field.startswith(("mu", "nu")):
-                    found.append((field, getattr(node, field)))
-        if isinstance(node, (tuple, list)) and not isinstance(
-            node, adamx.QuantizedArray
-        ):
-            for child in node:
-                visit(child)
-
-    visit(state)
-    return found
 
 
 # ------------------------------------------------------------------ the codes
@@ -275,7 +242,7 @@ def _low_bit_transforms(kind="int8"):
     each alone, and every variant's update is still traced and run under jit.
     Besides the outputs it returns whether each variant's updates are finite.
     """
-    transforms = {name: _build(name, mu_dtype=kind, nu_dtype=kind) for name in ALL}
+    transforms = {name: build(name, mu_dtype=kind, nu_dtype=kind) for name in ALL}
 
     @jax.jit
     def update_all(grads, states, params):
@@ -374,9 +341,9 @@ def _assert_identical(got, want):
 @pytest.mark.parametrize("name", ALL)
 def test_int8_state_holds_codes_for_large_leaves_only(name):
     state = _low_bit_transforms()[0][name].init(PARAMS)
-    moments = _moments(state)
-    assert {field[:2] for field, _ in moments} == {"mu", "nu"}, moments
-    for field, moment in moments:
+    found = moments(state)
+    assert tuple(field for field, _ in found) == BY_NAME[name].moments, found
+    for field, moment in found:
         w, b = moment["w"], moment["b"]
         assert isinstance(w, adamx.QuantizedArray), field
         signed = field.startswith("mu")
@@ -387,8 +354,8 @@ def test_int8_state_holds_codes_for_large_leaves_only(name):
         assert b.dtype == jnp.float32 and b.shape == B_SHAPE
     # Every moment starts where the float32 one does (0, or an initial value
     # rounded to the nearest code: within half a code's relative spacing).
-    reference = dict(_moments(_build(name).init(PARAMS)))
-    for field, moment in moments:
+    reference = dict(moments(build(name).init(PARAMS)))
+    for field, moment in found:
         fmt = q.FORMATS[8, field.startswith("mu")]
         w = moment["w"]
         decoded = q.dequantize_blockwise(w.codes, w.scales, fmt, 128, W_SHAPE[-1])
@@ -455,7 +422,7 @@ TRAJECTORY_TOLERANCE = {"int8": 0.07, "int4": 0.3}
 
 
 def _float32_run(name):
-    full = _build(name)
+    full = build(name)
     params, state = PARAMS, full.init(PARAMS)
     for step in range(STEPS):
         updates, state = full.update(_grads(params, step), state, params)
@@ -523,8 +490,8 @@ def _decoded(state, like):
 @pytest.mark.parametrize("name", DIRECTIONS)
 def test_new_low_bit_moments_are_never_clipped(name, bits):
     kind = f"int{bits}"
-    coded = _build(name, mu_dtype=kind, nu_dtype=kind)
-    plain = _build(name)
+    coded = build(name, mu_dtype=kind, nu_dtype=kind)
+    plain = build(name)
     params = {"w": PARAMS["w"]}
     state = coded.init(params)
     update = jax.jit(coded.update)
@@ -533,9 +500,9 @@ def test_new_low_bit_moments_are_never_clipped(name, bits):
         start = _decoded(state, bits)
         _, state = update(grads, state, params)
         _, reference = plain.update(grads, start, params)
-        got = dict(_moments(_decoded(state, bits)))
-        exponents = {f: m["w"].scales for f, m in _moments(state)}
-        for field, want in _moments(reference):
+        got = dict(moments(_decoded(state, bits)))
+        exponents = {f: m["w"].scales for f, m in moments(state)}
+        for field, want in moments(reference):
             want, have = np.asarray(want["w"]), np.asarray(got[field]["w"])
             fmt = q.FORMATS[bits, field.startswith("mu")]
             # The smallest spacing: subnormal steps, or the zero-free start.
@@ -554,7 +521,7 @@ def test_new_low_bit_moments_are_never_clipped(name, bits):
 # moment to bfloat16 before using it.
 
 
-def test_rounded_bfloat16_adam_steps_from_the_stored_moments():
+def test_rounded_bfloat16_adam_steps_from_the_storedmoments():
     import ml_dtypes
 
     bf16 = adamx.Rounded(jnp.bfloat16)
@@ -574,11 +541,11 @@ def test_rounded_bfloat16_adam_steps_from_the_stored_moments():
         assert state.mu.dtype == state.nu.dtype == jnp.bfloat16
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if "adopt" not in n])
+@pytest.mark.parametrize("name", [n for n in ALL if BY_NAME[n].rounded_storage])
 def test_rounded_storage_stays_within_a_rounding_of_the_plain_dtype(name):
     bf16, rounded = jnp.bfloat16, adamx.Rounded(jnp.bfloat16)
-    plain = _build(name, mu_dtype=bf16, nu_dtype=bf16)
-    stepped = _build(name, mu_dtype=rounded, nu_dtype=rounded)
+    plain = build(name, mu_dtype=bf16, nu_dtype=bf16)
+    stepped = build(name, mu_dtype=rounded, nu_dtype=rounded)
     params = {"w": PARAMS["w"]}
     grads = _grads({"w": PARAMS["w"], "b": PARAMS["b"]}, 0)
     grads = {"w": grads["w"]}
@@ -591,10 +558,10 @@ def test_rounded_storage_stays_within_a_rounding_of_the_plain_dtype(name):
     assert np.any(a != b)
 
 
-@pytest.mark.parametrize("name", ["scale_by_adopt", "adopt", "adoptw"])
-def test_rounded_storage_is_refused_where_the_step_needs_the_old_moments(name):
+@pytest.mark.parametrize("name", [n for n in ALL if not BY_NAME[n].rounded_storage])
+def test_rounded_storage_is_refused_where_the_step_needs_the_oldmoments(name):
     with pytest.raises(ValueError, match=re.escape(f"{name}: adamx.Rounded")):
-        _build(name, mu_dtype=adamx.Rounded(jnp.bfloat16))
+        build(name, mu_dtype=adamx.Rounded(jnp.bfloat16))
 
 
 def test_rounded_storage_refuses_a_non_floating_dtype():
@@ -683,7 +650,7 @@ MOMENTS = {"scale_by_adam": 2, "scale_by_amsgrad": 3, "scale_by_ademamix": 3, "a
 @pytest.mark.parametrize("name", MOMENTS)
 def test_state_nbytes_by_storage_kind(name, kind):
     storage = STORAGE_KINDS[kind]
-    tx = _build(name, mu_dtype=storage, nu_dtype=storage)
+    tx = build(name, mu_dtype=storage, nu_dtype=storage)
     abstract = jax.eval_shape(tx.init, jax.ShapeDtypeStruct(BIG, jnp.float32))
     expected = MOMENTS[name] * _moment_bytes(kind) + COUNT_BYTES
     assert adamx.state_nbytes(abstract) == expected
@@ -701,7 +668,7 @@ def test_state_nbytes_by_storage_kind(name, kind):
 )
 def test_bytes_per_parameter(name, kind, most):
     storage = STORAGE_KINDS[kind]
-    tx = _build(name, mu_dtype=storage, nu_dtype=storage)
+    tx = build(name, mu_dtype=storage, nu_dtype=storage)
     abstract = jax.eval_shape(tx.init, jax.ShapeDtypeStruct(BIG, jnp.float32))
     per_param = adamx.state_nbytes(abstract) / N_BIG
     assert most - 0.1 < per_param <= most
@@ -900,7 +867,7 @@ BAD_DTYPES = [("nu_dtype", "int2"), ("mu_dtype", "uint8")]
 def test_non_floating_storage_is_refused_quoting_the_call(name, arg, value):
     quoted = re.escape(f"{name}({arg}={value!r})")
     with pytest.raises(ValueError, match=f"^{quoted}"):
-        _build(name, **{arg: value})
+        build(name, **{arg: value})
 
 
 BAD_QUANTIZED = [
@@ -930,7 +897,7 @@ def test_bad_quantized_options_are_refused_quoting_the_call(kwargs, quoted):
 def test_int8_state_for_a_large_complex_leaf_is_refused_naming_it(name, storage):
     kwargs = INT8 if storage == "both" else {"mu_dtype": "int8"}
     params = {"b": jnp.zeros(3), "z": jnp.zeros((64, 128), jnp.complex64)}
-    tx = _build(name, **kwargs)
+    tx = build(name, **kwargs)
     with pytest.raises(TypeError, match=re.escape("parameter leaf ['z']")):
         tx.init(params)
 
@@ -1072,7 +1039,7 @@ def test_digits_narrow_state_reaches_the_float32_loss(kind):
     _, final, state = _digits()[kind]
     _, reference, _ = _digits()["float32"]
     assert abs(final / reference - 1) <= DIGITS_TOLERANCE[kind], (final, reference)
-    kernels = [m["w1"] for _, m in _moments(state)]  # the run used the narrow state
+    kernels = [m["w1"] for _, m in moments(state)]  # the run used the narrow state
     if kind == "int8":
         assert all(isinstance(k, adamx.QuantizedArray) for k in kernels)
     else:
