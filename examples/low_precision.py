@@ -12,9 +12,12 @@ same initialization (cast to bfloat16 for b-d) on the same minibatches:
     rounding to nearest: once the learning rate has decayed, most steps are
     smaller than half a bfloat16 spacing and are lost (the stall);
 (c) bfloat16 parameters, 8-bit moments, wrapped in
-    ``adamx.low_precision_params(..., "kahan")``;
+    ``adamx.low_precision_params(..., "kahan", compensation_dtype="int8")``:
+    the compensation in one byte per parameter;
 (d) bfloat16 parameters, 4-bit moments, wrapped in
-    ``adamx.low_precision_params(..., "stochastic")``.
+    ``adamx.low_precision_params(..., "stochastic")``;
+(e) as (c) with the compensation in bfloat16 (two bytes per parameter), to
+    show what the one-byte compensation gives up.
 
 The forward and backward pass run in float32 on the parameters upcast (the
 gradient comes back in the parameters' dtype), so the rows differ only in
@@ -27,6 +30,12 @@ jitted training step (compile excluded; the four steps taken in turn, round
 after round). A last line times (c)'s step against the same step without the
 wrapper (bfloat16 parameters, 8-bit moments, plain ``apply_updates``),
 interleaved step by step on the same inputs: the median of the paired ratios.
+
+With ``--seeds K`` the whole comparison runs for seeds 0..K-1 (another
+initialization and other minibatches each) and a second table gives each
+setup's mean final train loss and its difference from (a), paired by seed:
+mean, and smallest to largest, so a difference can be read against the
+seed-to-seed noise.
 """
 
 from __future__ import annotations
@@ -45,21 +54,36 @@ from state_memory import machine, transformer_task
 
 import adamx
 
-SETUPS = ("(a) fp32", "(b) bf16 rn", "(c) bf16 kahan int8", "(d) bf16 sr int4")
+SETUPS = (
+    "(a) fp32",
+    "(b) bf16 rn",
+    "(c) kahan8 int8",
+    "(d) stochastic int4",
+    "(e) kahan16 int8",
+)
 WEIGHT_DECAY = 1e-4
 
 
 def make_optimizer(setup: str, schedule: Any, wrap: bool = True):
-    """The optimizer of one setup; ``wrap=False`` leaves out the wrapper."""
-    if setup.startswith("(a)") or setup.startswith("(b)"):
+    """The optimizer a setup's name describes; ``wrap=False`` leaves out the wrapper.
+
+    The name's words after the label: ``fp32`` or ``bf16 rn`` (float32
+    moments, no wrapper), or a rounding (``kahan8``, ``kahan16`` for the
+    compensation's bits, ``stochastic``) and the moments' storage.
+    """
+    words = setup.split()[1:]
+    if words[0] in ("fp32", "bf16"):
         return adamx.adamw(schedule, weight_decay=WEIGHT_DECAY)
-    bits, rounding = (
-        ("int8", "kahan") if setup.startswith("(c)") else ("int4", "stochastic")
-    )
+    rounding, bits = words
     inner = adamx.adamw(
         schedule, weight_decay=WEIGHT_DECAY, mu_dtype=bits, nu_dtype=bits
     )
-    return adamx.low_precision_params(inner, rounding) if wrap else inner
+    if not wrap:
+        return inner
+    if rounding == "stochastic":
+        return adamx.low_precision_params(inner, "stochastic")
+    compensation = {"kahan8": "int8", "kahan16": None}[rounding]
+    return adamx.low_precision_params(inner, "kahan", compensation_dtype=compensation)
 
 
 def make_step(loss_fn, opt):
@@ -89,7 +113,7 @@ def _eval_loss(task):
 
 
 def train(task, setup: str, schedule: Any) -> dict:
-    dtype = jnp.float32 if setup.startswith("(a)") else jnp.bfloat16
+    dtype = jnp.float32 if "fp32" in setup.split() else jnp.bfloat16
     # jitted: op by op, the cast and the init would compile once per leaf shape
     params = jax.jit(lambda t: jax.tree.map(lambda p: p.astype(dtype), t))(task.params)
     opt = make_optimizer(setup, schedule)
@@ -170,14 +194,14 @@ def wrapper_ratio(task, row: dict, schedule: Any, rounds: int) -> dict:
 
 def format_table(rows: list[dict], ratio: dict) -> str:
     header = (
-        f"{'setup':20s} {'train loss':>10s} {'val loss':>9s} {'Δtrain':>8s} "
+        f"{'setup':22s} {'train loss':>10s} {'val loss':>9s} {'Δtrain':>8s} "
         f"{'Δval':>8s} {'unmoved':>8s} {'B/param':>8s} {'step ms':>8s}"
     )
     lines = [header, "-" * len(header)]
     base = rows[0]
     for r in rows:
         lines.append(
-            f"{r['setup']:20s} {r['train_loss']:10.4f} {r['val_loss']:9.4f} "
+            f"{r['setup']:22s} {r['train_loss']:10.4f} {r['val_loss']:9.4f} "
             f"{100 * (r['train_loss'] / base['train_loss'] - 1):+7.2f}% "
             f"{100 * (r['val_loss'] / base['val_loss'] - 1):+7.2f}% "
             f"{100 * r['unmoved']:7.1f}% {r['bytes_per_param']:8.3f} "
@@ -197,7 +221,41 @@ def format_table(rows: list[dict], ratio: dict) -> str:
     return "\n".join(lines)
 
 
+def seed_spread(losses: dict[str, list[float]]) -> dict[str, dict]:
+    """Per setup, the mean final train loss and the difference from (a).
+
+    The difference is paired by seed: mean, smallest and largest, each as a
+    fraction of (a)'s loss.
+    """
+    base = np.asarray(losses[SETUPS[0]])
+    spread = {}
+    for setup, values in losses.items():
+        delta = np.asarray(values) / base - 1
+        spread[setup] = {
+            "losses": values,
+            "mean": float(np.mean(values)),
+            "delta_mean": float(np.mean(delta)),
+            "delta_min": float(np.min(delta)),
+            "delta_max": float(np.max(delta)),
+        }
+    return spread
+
+
+def format_spread(spread: dict[str, dict], first: int, seeds: int) -> str:
+    header = (
+        f"{'setup':22s} {'mean train loss':>15s} {'Δ vs (a), mean [min, max]':>30s}"
+    )
+    lines = [f"Seeds {first}..{first + seeds - 1}:", header, "-" * len(header)]
+    for setup, s in spread.items():
+        lines.append(
+            f"{setup:22s} {s['mean']:15.4f} {100 * s['delta_mean']:+12.2f}% "
+            f"[{100 * s['delta_min']:+.2f}%, {100 * s['delta_max']:+.2f}%]"
+        )
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], out: pathlib.Path) -> None:
+    """Loss curves (left) and each curve against (a)'s, in percent (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,20 +263,29 @@ def plot(rows: list[dict], out: pathlib.Path) -> None:
 
     window = max(1, len(rows[0]["losses"]) // 20)
     kernel = np.ones(window) / window
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+
+    def smooth(losses):
+        return np.convolve(losses, kernel, mode="valid")
+
+    base = smooth(rows[0]["losses"])
+    steps = np.arange(len(base)) + window
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for r in rows:
-        curve = np.convolve(r["losses"], kernel, mode="valid")
-        ax.plot(np.arange(len(curve)) + window, curve, lw=1.2, label=r["setup"])
-    ax.set(
+        curve = smooth(r["losses"])
+        left.plot(steps, curve, lw=1.2, label=r["setup"])
+        right.plot(steps, 100 * (curve / base - 1), lw=1.2, label=r["setup"])
+    left.set(
         xlabel="step",
         ylabel=f"train loss (moving average of {window} steps)",
         yscale="log",
-        title="adamx.adamw, cosine decay to 0: bfloat16 parameters",
+        title="bfloat16 parameters, cosine decay to 0",
     )
-    ax.legend()
+    right.set(xlabel="step", ylabel="train loss against (a), %", title="against fp32")
+    right.axhline(0, color="0.6", lw=0.8)
+    left.legend()
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=100)
     plt.close(fig)
 
 
@@ -228,6 +295,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 60 steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--png", type=pathlib.Path, default=None)
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="also run seeds seed+1 .. seed+K-1"
+    )
     args = parser.parse_args(argv)
     steps = args.steps or (60 if args.quick else 600)
     if steps < 10:
@@ -251,11 +321,21 @@ def main(argv: list[str] | None = None) -> dict:
         del row["timed"]
     print()
     print(format_table(rows, ratio), flush=True)
+    spread = None
+    if args.seeds > 1:
+        losses = {r["setup"]: [r["train_loss"]] for r in rows}
+        for seed in range(args.seed + 1, args.seed + args.seeds):
+            seeded = transformer_task(steps, args.quick, seed)
+            for setup in SETUPS:
+                losses[setup].append(train(seeded, setup, schedule)["train_loss"])
+        spread = seed_spread(losses)
+        print()
+        print(format_spread(spread, args.seed, args.seeds), flush=True)
     if args.png is not None:
         plot(rows, args.png)
         print(f"Loss curves: {args.png}")
     print(f"Total time {time.perf_counter() - started:.1f} s")
-    return {"rows": rows, "ratio": ratio, "steps": steps}
+    return {"rows": rows, "ratio": ratio, "steps": steps, "seeds": spread}
 
 
 if __name__ == "__main__":

@@ -22,9 +22,12 @@ def test_low_precision_quick(capsys, monkeypatch):
     rows = result["rows"]
     assert [r["setup"] for r in rows] == list(low_precision.SETUPS)
     printed = [
-        line for line in out.splitlines() if line[:3] in ("(a)", "(b)", "(c)", "(d)")
+        line
+        for line in out.splitlines()
+        if line[:3] in ("(a)", "(b)", "(c)", "(d)", "(e)")
     ]
-    assert [line.split("  ")[0] for line in printed[:4]] == list(low_precision.SETUPS)
+    table = printed[: len(low_precision.SETUPS)]  # then "(c) vs the same ..."
+    assert [line.split("  ")[0] for line in table] == list(low_precision.SETUPS)
     assert "median paired ratio" in out
 
     assert rows[0]["param_dtypes"] == ["float32"]
@@ -47,12 +50,15 @@ def test_low_precision_quick(capsys, monkeypatch):
     assert rows[1]["state_bytes"] == nbytes(adamw, bf16) == 4 * n + 8
     int8 = adamx.adamw(lr, mu_dtype="int8", nu_dtype="int8")
     int4 = adamx.adamw(lr, mu_dtype="int4", nu_dtype="int4")
-    # kahan: a bfloat16 compensation per parameter; stochastic: nothing per
-    # parameter (the wrapper's own scalars stay under 0.01 byte per parameter)
-    kahan_extra = rows[2]["state_bytes"] - nbytes(int8, bf16)
+    # kahan: a one-byte (c) or bfloat16 (e) compensation per parameter;
+    # stochastic: nothing per parameter (the wrapper's own scalars stay under
+    # 0.01 byte per parameter)
+    kahan8_extra = rows[2]["state_bytes"] - nbytes(int8, bf16)
     stochastic_extra = rows[3]["state_bytes"] - nbytes(int4, bf16)
-    assert 2 * n <= kahan_extra < 2 * n + n / 100
+    kahan16_extra = rows[4]["state_bytes"] - nbytes(int8, bf16)
+    assert n <= kahan8_extra < n + n / 100
     assert 0 < stochastic_extra < n / 100
+    assert 2 * n <= kahan16_extra < 2 * n + n / 100
     for r in rows:
         assert r["bytes_per_param"] == (r["param_bytes"] + r["state_bytes"]) / n
         assert all(math.isfinite(x) for x in r["losses"])
@@ -62,5 +68,5 @@ def test_low_precision_quick(capsys, monkeypatch):
     # and Kahan compensation lands nearer float32 than plain rounding.
     assert rows[1]["unmoved"] > rows[0]["unmoved"]
     delta = [abs(r["train_loss"] / rows[0]["train_loss"] - 1) for r in rows]
-    assert delta[2] < delta[1]
+    assert delta[2] < delta[1] and delta[4] < delta[1]
     assert result["ratio"]["ratio"] > 0 and result["ratio"]["rounds"] == 10
