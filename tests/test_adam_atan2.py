@@ -2,20 +2,22 @@
 
 optax has no Adam-atan2, so the float64 NumPy reference below is the only
 comparison of values; the properties that motivate the method (no epsilon,
-exact zeros, scale invariance, boundedness) are tested directly.
+exact zeros, scale invariance, boundedness) are tested directly. What every
+catalogued transform shares (traced hyperparameters, storage dtypes, the
+refusal of complex leaves, construction errors) is tested table-driven in
+test_matrix, test_uniform_options and test_errors.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from variant_harness import (
+from harness import (
     STEPS,
     as_float32,
     assert_close_scaled,
@@ -180,81 +182,8 @@ def test_scaling_gradients_by_any_factor_changes_only_rounding(factor: float) ->
 
 
 # ---------------------------------------------------------------------------
-# Complex parameters are refused
+# The alias without decay
 # ---------------------------------------------------------------------------
-
-COMPLEX_CASES = {
-    "init": lambda tx, params, grads: tx.init(params),
-    "update": lambda tx, params, grads: tx.update(
-        grads, tx.init({"w": params["w"], "z": jnp.zeros(2)}), params
-    ),
-}
-
-
-@pytest.mark.parametrize("stage", list(COMPLEX_CASES))
-@pytest.mark.parametrize(
-    ("build", "caller"),
-    [
-        (scale_by_adam_atan2, "scale_by_adam_atan2"),
-        (functools.partial(adam_atan2, 1e-3), "adam_atan2"),
-    ],
-)
-def test_complex_leaves_raise_naming_the_leaf(build, caller: str, stage: str) -> None:
-    params = {"w": jnp.ones(3), "z": jnp.ones(2, jnp.complex64)}
-    grads = {"w": jnp.ones(3), "z": jnp.ones(2, jnp.complex64)}
-    what = "parameter" if stage == "init" else "update"
-    message = f"{caller}: {what} leaf ['z'] has dtype complex64; atan2 is defined"
-    with pytest.raises(TypeError, match=re.escape(message)):
-        COMPLEX_CASES[stage](build(), params, grads)
-
-
-# ---------------------------------------------------------------------------
-# Hyperparameter forms, storage dtypes, the alias without decay
-# ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("form", ["array", "traced"])
-def test_hyperparameters_as_arrays_and_tracers(form: str) -> None:
-    params = real_tree(jnp.float32)
-    grads = jax.tree.map(lambda p: 0.3 * p + 0.1, params)
-    hp = dict(b1=0.8, b2=0.99, a=1.5, b=0.7, eps_root=1e-8)
-
-    def updates(**values):
-        tx = scale_by_adam_atan2(**values)
-
-        def step(state, _):
-            u, state = tx.update(grads, state)
-            return state, u
-
-        _, history = jax.lax.scan(step, tx.init(params), None, length=3)
-        return jax.tree.map(lambda h: h[-1], history)
-
-    expected = jax.jit(functools.partial(updates, **hp))()
-    arrays = {k: jnp.asarray(v) for k, v in hp.items()}
-    if form == "array":
-        got = jax.jit(functools.partial(updates, **arrays))()
-    else:
-        got = jax.jit(updates)(**arrays)
-    for name in params:
-        np.testing.assert_allclose(got[name], expected[name], rtol=1e-6)
-
-
-@pytest.mark.parametrize("param_dtype", [jnp.float32, jnp.bfloat16])
-def test_bfloat16_storage_keeps_dtypes(param_dtype) -> None:
-    params = real_tree(param_dtype)
-    tx = scale_by_adam_atan2(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
-    state = tx.init(params)
-    update = jax.jit(tx.update)
-    for step in range(3):
-        grads = jax.tree.map(
-            lambda p, s=step: (p * (s - 1.5)).astype(param_dtype), params
-        )
-        updates, state = update(grads, state)
-        for name, u in updates.items():
-            assert u.dtype == param_dtype, name
-            assert np.all(np.isfinite(np.asarray(u, np.float32))), name
-            assert state.mu[name].dtype == jnp.bfloat16
-            assert state.nu[name].dtype == jnp.bfloat16
 
 
 def test_alias_without_decay_needs_no_params() -> None:
@@ -273,44 +202,3 @@ def test_alias_without_decay_needs_no_params() -> None:
     direction, updates = both()
     for name in params:
         np.testing.assert_array_equal(updates[name], -0.25 * direction[name])
-
-
-# ---------------------------------------------------------------------------
-# Construction errors
-# ---------------------------------------------------------------------------
-
-ERRORS = [
-    (
-        lambda: scale_by_adam_atan2(b1=1.0),
-        "scale_by_adam_atan2(b1=1.0): b1 must be in [0, 1)",
-    ),
-    (
-        lambda: scale_by_adam_atan2(a=-1.0),
-        "scale_by_adam_atan2(a=-1.0): a must be >= 0",
-    ),
-    (
-        lambda: scale_by_adam_atan2(b=-0.5),
-        "scale_by_adam_atan2(b=-0.5): b must be >= 0",
-    ),
-    (
-        lambda: scale_by_adam_atan2(eps_root=-1.0),
-        "scale_by_adam_atan2(eps_root=-1.0): eps_root must be >= 0",
-    ),
-    (lambda: scale_by_adam_atan2(mu_dtype="int32"), "scale_by_adam_atan2(mu_dtype="),
-    (
-        lambda: adam_atan2(-1.0),
-        "adam_atan2(learning_rate=-1.0): learning_rate must be >= 0",
-    ),
-    (lambda: adam_atan2(1e-3, b2=2.0), "adam_atan2(b2=2.0): b2 must be in [0, 1)"),
-    (
-        lambda: adam_atan2(1e-3, weight_decay=-0.1),
-        "adam_atan2(weight_decay=-0.1): weight_decay must be >= 0",
-    ),
-    (lambda: adam_atan2(1e-3, nu_dtype="int2"), "adam_atan2(nu_dtype="),
-]
-
-
-@pytest.mark.parametrize(("build", "message"), ERRORS)
-def test_construction_errors_quote_the_call(build, message: str) -> None:
-    with pytest.raises(ValueError, match=re.escape(message)):
-        build()

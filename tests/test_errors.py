@@ -75,6 +75,7 @@ BAD_STORAGE = [
     ("float33", "unknown dtype"),
     ("int32", "state must be stored in a floating"),
     ("bool", "state must be stored in a floating"),
+    ("int2", "state must be stored in a floating"),
     (jnp.int8, "state must be stored in a floating"),
 ]
 # Switches and callables: checked by type in the non-numeric test below.
