@@ -43,7 +43,7 @@ expectation is 0. Below the normal range the spacing is absolute:
 **Block exponents.** :math:`E` is the smallest integer with
 :math:`\text{bound} \le \text{top} \cdot 2^E`, where top is the largest code
 value and ``bound`` any upper bound of the block's :math:`|x|`: an exact
-maximum, or a cheaper bound (see :mod:`adamx._transform`). Because codes are
+maximum, or a cheaper bound (see ``adamx._transform``). Because codes are
 floats, a loose bound costs range at the bottom, not precision. A block whose
 bound is not finite stores the exponent ``-128`` and decodes to NaN, so a
 non-finite gradient stays visible. An all-zero block stores ``-127`` (scale 0).
@@ -104,7 +104,7 @@ class CodeFormat(NamedTuple):
 
     @property
     def bias(self) -> int:
-        """Exponent bias: the largest exponent field decodes to :math:`2^0`."""
+        """Exponent bias; the largest exponent field decodes to :math:`2^0`."""
         return 2**self.exponent_bits - 1
 
     @property
