@@ -342,6 +342,13 @@ def counts(state: Any) -> list[Any]:
     return [node.count for node in _named_tuples(state) if "count" in node._fields]
 
 
+def count_state(state: Any) -> Any:
+    """The one state with a count inside ``state``: a direction's, under a chain."""
+    found = [node for node in _named_tuples(state) if "count" in node._fields]
+    assert len(found) == 1, state
+    return found[0]
+
+
 def moment_state(state: Any) -> Any:
     """The first state inside ``state`` holding a count and moments."""
     for node in _named_tuples(state):

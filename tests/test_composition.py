@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from catalogue import count_state, moment_state
 
 import adamx
 
@@ -226,11 +227,6 @@ MASKABLE = {
 }
 
 
-def _moment_state(state: Any) -> Any:
-    """The adamx NamedTuple at the head of a transform's (possibly chained) state."""
-    return state if hasattr(state, "_fields") else state[0]
-
-
 @pytest.mark.parametrize("name", list(MASKABLE))
 def test_masked(name: str) -> None:
     make, ref = MASKABLE[name]
@@ -244,7 +240,7 @@ def test_masked(name: str) -> None:
     step = jax.jit(tx.update)
 
     state = tx.init(params)
-    moments = _moment_state(state.inner_state)
+    moments = moment_state(state.inner_state)
     for field in moments._fields[1:]:
         assert isinstance(getattr(moments, field)["b"], optax.MaskedNode), field
         assert isinstance(getattr(moments, field)["steps"], optax.MaskedNode), field
@@ -263,7 +259,7 @@ def test_masked(name: str) -> None:
         np.testing.assert_array_equal(u["b"], g["b"])
         assert u["steps"].dtype == jnp.int32
         np.testing.assert_array_equal(u["steps"], g["steps"])
-    moments = _moment_state(state.inner_state)
+    moments = moment_state(state.inner_state)
     assert int(moments.count) == len(grads)
     for field in moments._fields[1:]:
         assert isinstance(getattr(moments, field)["b"], optax.MaskedNode), field
@@ -314,7 +310,7 @@ def test_apply_if_finite_skips_non_finite_step(make, ref, bad) -> None:
     # The finite steps are Adam on the gradients without the skipped one.
     assert bool(state.last_finite)
     assert int(state.notfinite_count) == 0
-    assert int(_moment_state(state.inner_state).count) == 3
+    assert int(moment_state(state.inner_state).count) == 3
     finite = [grads[0], grads[2], grads[3]]
     for name in params:
         expected = _reference(_leaf_grads(finite, name), params[name], **ref)
@@ -532,7 +528,7 @@ def test_eval_shape_of_init(name: str) -> None:
         assert isinstance(s, jax.ShapeDtypeStruct)
         assert (s.shape, s.dtype) == (r.shape, r.dtype)
 
-    head = _moment_state(shapes)
+    head = count_state(shapes)
     assert isinstance(head, variant.state_type)
     assert isinstance(head, tuple) and hasattr(head, "_fields")
     assert head.count.shape == ()

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 import pytest
 import reference
+from catalogue import count_state
 
 import adamx
 
@@ -169,26 +170,6 @@ def _check_mu(actual, expected, grads, b1, precision, what):
     )
     err = np.abs(np.asarray(actual) - expected)
     assert np.all(err <= bound), f"{what}: max excess {np.max(err - bound)}"
-
-
-_DIRECTION_STATES = (
-    adamx.ScaleByAdamState,
-    adamx.ScaleByAmsgradState,
-    adamx.BiasCorrectionState,
-)
-
-
-def _direction_state(state):
-    """The one adamx ``scale_by_*``/``bias_correction`` state in ``state``."""
-    found = [
-        s
-        for s in jax.tree.leaves(
-            state, is_leaf=lambda x: isinstance(x, _DIRECTION_STATES)
-        )
-        if isinstance(s, _DIRECTION_STATES)
-    ]
-    assert len(found) == 1, state
-    return found[0]
 
 
 def _check_structure(updates_stacked, grads):
@@ -403,7 +384,7 @@ def test_optimizer_matches_reference(name, kwargs, mask, precision):
 
         _check_structure(updates, grads)
         assert jax.tree.structure(new_params) == jax.tree.structure(params)
-        moments = _direction_state(state)
+        moments = count_state(state)
         assert moments.count.dtype == jnp.int32
         assert int(moments.count) == STEPS
         flat = zip(
@@ -455,44 +436,6 @@ def test_optimizer_matches_reference(name, kwargs, mask, precision):
                     0.0,
                     f"nu_max {idx}",
                 )
-
-
-# ---------------------------------------------------------------------------
-# Empty trees
-# ---------------------------------------------------------------------------
-
-ALL_TRANSFORMS = [
-    pytest.param(lambda: adamx.scale_by_adam(), id="scale_by_adam"),
-    pytest.param(lambda: adamx.scale_by_adam(nesterov=True), id="scale_by_adam-nest"),
-    pytest.param(lambda: adamx.scale_by_amsgrad(), id="scale_by_amsgrad"),
-    pytest.param(
-        lambda: adamx.scale_by_amsgrad(
-            bias_correction_mu=False, bias_correction_nu=False
-        ),
-        id="scale_by_amsgrad-reddi",
-    ),
-    pytest.param(lambda: adamx.bias_correction(0.9), id="bias_correction"),
-    pytest.param(lambda: adamx.adam(0.1), id="adam"),
-    pytest.param(lambda: adamx.adamw(0.1), id="adamw"),
-    pytest.param(lambda: adamx.nadam(0.1), id="nadam"),
-    pytest.param(lambda: adamx.nadamw(0.1), id="nadamw"),
-    pytest.param(lambda: adamx.amsgrad(0.1), id="amsgrad"),
-]
-
-
-@pytest.mark.parametrize("make", ALL_TRANSFORMS)
-def test_empty_tree_returns_empty_updates_and_counts(make):
-    tx = make()
-    state = tx.init({})
-    update = jax.jit(tx.update)
-    for step in range(1, 4):
-        updates, state = update({}, state, {})
-        assert updates == {}
-        moments = _direction_state(state)
-        assert moments.count.dtype == jnp.int32
-        assert int(moments.count) == step
-        for name in ("mu", "nu", "nu_max"):
-            assert getattr(moments, name, {}) == {}
 
 
 # ---------------------------------------------------------------------------

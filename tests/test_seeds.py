@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from catalogue import count_state
 
 import adamx
 from adamx import numerics
@@ -62,24 +63,12 @@ OPTIMIZERS = [
 ]
 
 
-def _moments(state):
-    """The one adamx scale_by_* state inside an optimizer's (chain) state."""
-    kinds = (adamx.ScaleByAdamState, adamx.ScaleByAmsgradState)
-    found = [
-        s
-        for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, kinds))
-        if isinstance(s, kinds)
-    ]
-    assert len(found) == 1, state
-    return found[0]
-
-
 def _step(make, lr, theta, grad_fn):
     """One optimizer step from ``theta``: (g, new theta, moments)."""
     g = jax.grad(grad_fn)(theta)
     tx = make(lr)
     updates, state = tx.update(g, tx.init(theta), theta)
-    return g, optax.apply_updates(theta, updates), _moments(state)
+    return g, optax.apply_updates(theta, updates), count_state(state)
 
 
 # ---------------------------------------------------------------------------
@@ -209,7 +198,7 @@ def test_seed002_second_step_uses_t2(tol):
         for _ in range(2):
             updates, state = tx.update(g, state, w)
             w = optax.apply_updates(w, updates)
-        moments = _moments(state)
+        moments = count_state(state)
         assert int(moments.count) == 2
         np.testing.assert_allclose(moments.mu, -2.85, rtol=tol.m)
         np.testing.assert_allclose(moments.nu, 0.449775, rtol=tol.v)
