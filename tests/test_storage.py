@@ -521,7 +521,7 @@ def test_new_low_bit_moments_are_never_clipped(name, bits):
 # moment to bfloat16 before using it.
 
 
-def test_rounded_bfloat16_adam_steps_from_the_storedmoments():
+def test_rounded_bfloat16_adam_steps_from_the_stored_moments():
     import ml_dtypes
 
     bf16 = adamx.Rounded(jnp.bfloat16)
@@ -559,7 +559,7 @@ def test_rounded_storage_stays_within_a_rounding_of_the_plain_dtype(name):
 
 
 @pytest.mark.parametrize("name", [n for n in ALL if not BY_NAME[n].rounded_storage])
-def test_rounded_storage_is_refused_where_the_step_needs_the_oldmoments(name):
+def test_rounded_storage_is_refused_where_the_step_needs_the_old_moments(name):
     with pytest.raises(ValueError, match=re.escape(f"{name}: adamx.Rounded")):
         build(name, mu_dtype=adamx.Rounded(jnp.bfloat16))
 
