@@ -259,10 +259,20 @@ class Variant:
         }
         return {**defaults, **self.entry.required}
 
-    def settings(self, *, defaults: bool = False) -> dict[str, Any]:
-        """Everything the reference needs: hyperparameters and switches."""
-        hp = self.default_hyperparameters if defaults else self.hyperparameters
-        return {**SWITCHES, **hp, **dict(self.entry.implied), **dict(self.options)}
+    def settings(self, *, defaults: bool = False, **hp: Any) -> dict[str, Any]:
+        """Everything the reference needs: hyperparameters and switches.
+
+        ``defaults``: the factory's defaults rather than :data:`TEST_HP`;
+        ``hp``: hyperparameters given on top of either.
+        """
+        base = self.default_hyperparameters if defaults else self.hyperparameters
+        return {
+            **SWITCHES,
+            **base,
+            **hp,
+            **dict(self.entry.implied),
+            **dict(self.options),
+        }
 
     def build(self, **overrides: Any) -> optax.GradientTransformation:
         """Built with :data:`TEST_HP` (and ``overrides``)."""
@@ -275,12 +285,16 @@ class Variant:
         return self.entry.build(**overrides, **dict(self.options))
 
     def reference(
-        self, grads: Sequence[Any], param: Any, *, defaults: bool = False
+        self, grads: Sequence[Any], param: Any, *, defaults: bool = False, **hp: Any
     ) -> list[np.ndarray]:
-        """Float64 updates of one leaf (``param`` fixed) for ``grads``."""
+        """Float64 updates of one leaf (``param`` fixed) for ``grads``.
+
+        ``defaults`` and ``hp`` say how the variant was built, as for
+        :meth:`settings`.
+        """
         return reference.family_updates(
             self.family,
-            self.settings(defaults=defaults),
+            self.settings(defaults=defaults, **hp),
             grads,
             param,
             optimizer=self.alias,

@@ -299,12 +299,15 @@ def test_float16_zero_gradients_match_the_reference_at_the_defaults(variant):
     are 0 in float16, and a direction must stay 0 / (positive), never 0 / 0.
     A direction's update is then exactly 0 (Yogi's moments start at 1e-6 and
     give small nonzero ones), an optimizer's its weight decay alone, as the
-    reference says.
+    reference says. A decoupled weight decay is raised to 0.1, so that the
+    decay step (lr * 0.1 * theta) is a normal float16 number held to 1e-3.
     """
     shapes = {k: (shape, np.float16) for k, (shape, _) in SHAPES.items()}
     params, _ = _problem(shapes, steps=0, seed=9)
     grads = [jax.tree.map(jnp.zeros_like, params)] * ZERO_STEPS
-    tx = variant.build_default()
+    decays = variant.alias and "weight_decay" in variant.parameters
+    hp = {"weight_decay": 0.1} if decays else {}
+    tx = variant.build_default(**hp)
     update = jax.jit(tx.update)
     state, updates = tx.init(params), []
     for g in grads:
@@ -321,7 +324,7 @@ def test_float16_zero_gradients_match_the_reference_at_the_defaults(variant):
     rtol = 0.25 if variant.family == "yogi" else 1e-3
     for key, p in params.items():
         expected = variant.reference(
-            [_wide(g[key]) for g in grads], _wide(p), defaults=True
+            [_wide(g[key]) for g in grads], _wide(p), defaults=True, **hp
         )
         for t, (u, e) in enumerate(zip(updates, expected, strict=True), start=1):
             u, where = _wide(u[key]), f"{key} step {t}"
@@ -330,8 +333,8 @@ def test_float16_zero_gradients_match_the_reference_at_the_defaults(variant):
             # rounding residue.
             np.testing.assert_array_equal(u[e == 0], 0.0, err_msg=where)
             # float16 rounding (2**-11), and two of its subnormal spacings
-            # (6e-8): steps as small as adamw's lr * weight_decay * theta =
-            # 1e-6 theta are subnormal.
+            # (6e-8) for the entries of theta small enough to make the decay
+            # step subnormal.
             np.testing.assert_allclose(u, e, rtol=rtol, atol=1.2e-7, err_msg=where)
 
 
