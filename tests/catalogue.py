@@ -30,6 +30,16 @@ whether its weight decay takes a mask.
 once more with each boolean switch flipped (plus AMSGrad's ``max_of="raw"``),
 each built with the non-default hyperparameters of :data:`TEST_HP` so that a
 reference cannot agree with adamx by sharing its defaults.
+
+A new variant of an existing family is one row. A new family also needs its
+branch in :func:`reference.family_updates`; a new hyperparameter, a value in
+:data:`TEST_HP` (without one the tables run it at its default) and its range
+in test_errors' ``RULES`` (a test there fails naming any argument without
+one).
+
+The state finders, :func:`moments`, :func:`counts`, :func:`moment_state`,
+:func:`count_state` and :func:`moment_view`, are the one place tests look
+for moments and counts inside a (chained, masked, wrapped) state.
 """
 
 from __future__ import annotations
