@@ -67,8 +67,8 @@ napoleon_use_ivar = True
 napoleon_use_rtype = False
 napoleon_attr_annotations = False
 
-# MyST: the guides are Markdown moved from the README.
-myst_enable_extensions = ["colon_fence", "dollarmath"]
+# MyST: the guides are Markdown moved from the README. No dollarmath: a "$" in
+# prose stays a dollar sign; maths is written in the docstrings' rST.
 myst_heading_anchors = 3
 
 # HTML
