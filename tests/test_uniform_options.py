@@ -70,7 +70,7 @@ def test_mu_dtype_and_nu_dtype_set_every_moment(name):
     tx = build(name, mu_dtype=jnp.bfloat16, nu_dtype=jnp.float16)
     params = _params()
     state = tx.init(params)
-    _, state = jax.jit(tx.update)(_grads(params, 0), state, params)
+    _, state = tx.update(_grads(params, 0), state, params)
     found = moments(state)
     assert tuple(field for field, _ in found) == BY_NAME[name].moments, found
     for field, tree in found:
@@ -86,7 +86,7 @@ def test_updates_keep_the_gradient_dtype(name, dtype):
     params = _params(dtype)
     state = tx.init(params)
     for step in range(3):
-        updates, state = jax.jit(tx.update)(_grads(params, step), state, params)
+        updates, state = tx.update(_grads(params, step), state, params)
         for leaf in jax.tree.leaves(updates):
             assert leaf.dtype == dtype
             assert bool(jnp.all(jnp.isfinite(leaf)))
@@ -153,7 +153,7 @@ def test_step_count_saturates(name):
     state = _set_counts(tx.init(params), INT32_MAX - 1)
     assert _counts(state) and set(_counts(state)) == {INT32_MAX - 1}
     for step in range(3):
-        updates, state = jax.jit(tx.update)(_grads(params, step), state, params)
+        updates, state = tx.update(_grads(params, step), state, params)
         assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(updates))
     assert set(_counts(state)) == {INT32_MAX}
 
