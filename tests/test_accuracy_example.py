@@ -14,12 +14,13 @@ libraries β₃ already rounded to float32, and there adamx measured 0.66
 against optax's 0.53. It is only held below 1.
 """
 
-import pathlib
 import runpy
 
+import checkout
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Runs an example: not in the quick subset (conftest.py).
+pytestmark = pytest.mark.slow
 
 # Every adamx deviation stays below this (2e-6 relative), whatever optax does:
 # optax's float32 bias correction alone gives 0.11-0.21 on the adam family.
@@ -34,7 +35,7 @@ FLOOR = 0.03
 
 @pytest.fixture(scope="module")
 def example():
-    return runpy.run_path(str(ROOT / "examples" / "accuracy.py"))
+    return runpy.run_path(str(checkout.require("examples/accuracy.py")))
 
 
 def test_adamx_float32_is_at_least_as_close_to_float64_as_optax(example, capsys):

@@ -12,23 +12,23 @@ checks the first steps of every run against the example's.
 import contextlib
 import io
 import math
-import pathlib
 import re
 import runpy
 
+import checkout
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Runs an example: not in the quick subset (conftest.py).
+pytestmark = pytest.mark.slow
+
 C = 3.0  # the example's Section 3 constant
 
 
 @pytest.fixture(scope="module")
 def example():
-    return runpy.run_path(
-        str(ROOT / "examples" / "amsgrad_counterexample.py"),
-        run_name="amsgrad_counterexample",
-    )
+    path = checkout.require("examples/amsgrad_counterexample.py")
+    return runpy.run_path(str(path), run_name="amsgrad_counterexample")
 
 
 @pytest.fixture(scope="module")

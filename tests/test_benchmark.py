@@ -13,29 +13,29 @@ import io
 import json
 import math
 import os
-import pathlib
 import re
 import runpy
 import statistics
 import struct
 
+import checkout
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-BENCHMARK = runpy.run_path(str(ROOT / "examples" / "benchmark.py"), run_name="bench")
+# Runs examples/benchmark.py: not in the quick subset (conftest.py).
+pytestmark = pytest.mark.slow
+
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 CASES = ("single", "single_10m", "many", "transformer")
 # single_10m is printed under the size it has at --quick.
 LABELS = {"single": "single", "single_10m": "single_4.1k", "many": "many"}
 LABELS["transformer"] = "transformer"
-JAX_NAMES = [name for name, _ in BENCHMARK["OPTIMIZERS"]]
-TORCH_NAMES = ["torch.adam-fused", "torch.adam-foreach"]
-REQUIRED = [
+# The benchmark's OPTIMIZERS, in order (test_benchmark_lists_the_optimizers).
+JAX_NAMES = [
     "adamx.adam",
     "adamx.adamw",
     "adamx.amsgrad",
@@ -43,6 +43,7 @@ REQUIRED = [
     "adamx.adam-int8",
     "optax.adam",
 ]
+TORCH_NAMES = ["torch.adam-fused", "torch.adam-foreach"]
 
 # The --quick sizes, by hand: 8192 values in the single leaf (so the 8-bit
 # moments are quantized: 32 blocks of 256), 4096 in single_10m and in 8 leaves
@@ -82,13 +83,21 @@ def expected_names():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def bench():
+    """examples/benchmark.py's namespace, loaded once (not at import)."""
+    return runpy.run_path(
+        str(checkout.require("examples/benchmark.py")), run_name="bench"
+    )
+
+
+@pytest.fixture(scope="module")
+def run(bench, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("benchmark")
     numbers, png = tmp / "out" / "numbers.json", tmp / "out" / "chart.png"
     cache_before = jax.config.jax_enable_compilation_cache
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        returned = BENCHMARK["main"](
+        returned = bench["main"](
             [*QUICK_ARGS, "--repeats", "2", "--json", str(numbers), "--png", str(png)]
         )
     assert jax.config.jax_enable_compilation_cache == cache_before
@@ -105,9 +114,9 @@ def rows_by_key(result):
     return {(r["case"], r["optimizer"]): r for r in result["rows"]}
 
 
-def test_benchmark_lists_the_required_optimizers():
-    assert JAX_NAMES[: len(REQUIRED)] == REQUIRED
-    assert [name for name, _ in BENCHMARK["TORCH_OPTIMIZERS"]] == TORCH_NAMES
+def test_benchmark_lists_the_optimizers(bench):
+    assert [name for name, _ in bench["OPTIMIZERS"]] == JAX_NAMES
+    assert [name for name, _ in bench["TORCH_OPTIMIZERS"]] == TORCH_NAMES
 
 
 def test_every_case_and_optimizer_has_one_row(run):
@@ -246,13 +255,13 @@ def test_table_is_printed_under_the_machine_line(run):
     assert "| optimizer | many ms | single_4.1k ms | many ÷ single_4.1k |" in lines
 
 
-def test_cases_are_labelled_by_their_size(run):
+def test_cases_are_labelled_by_their_size(run, bench):
     assert {r["case"]: r["label"] for r in run["json"]["rows"]} == LABELS
     assert "single_10m" not in run["stdout"] + run["stderr"]
     assert {cells[2] for cells in table_rows(run)} == {"8.19k", "4.1k", "5.36k"}
-    full = BENCHMARK["FULL"]
-    assert BENCHMARK["case_label"]("single_10m", full.single_10m) == "single_10m"
-    assert BENCHMARK["count"](full.single) == "100M"
+    full = bench["FULL"]
+    assert bench["case_label"]("single_10m", full.single_10m) == "single_10m"
+    assert bench["count"](full.single) == "100M"
 
 
 def test_progress_is_words_not_dicts(run):
@@ -271,10 +280,10 @@ def test_chart_is_a_png(run):
     assert width > 500 and height > 300
 
 
-def test_only_and_cases_select_rows(tmp_path):
+def test_only_and_cases_select_rows(bench, tmp_path):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        result = BENCHMARK["main"](
+        result = bench["main"](
             [
                 *QUICK_ARGS,
                 *("--only", "adamx.adam,optax.adam", "--cases", "single"),
@@ -291,15 +300,15 @@ def test_only_and_cases_select_rows(tmp_path):
     [["--only", "adamx.nothing"], ["--cases", "huge"], ["--repeats", "0"]],
     ids=["only", "cases", "repeats"],
 )
-def test_bad_selections_are_refused(argv, capsys):
+def test_bad_selections_are_refused(bench, argv, capsys):
     with pytest.raises(SystemExit) as err:
-        BENCHMARK["main"](["--quick", *argv])
+        bench["main"](["--quick", *argv])
     assert err.value.code == 2
     assert "error" in capsys.readouterr().err
 
 
-def test_default_transformer_has_the_stated_shape():
-    spec = BENCHMARK["case_spec"]("transformer", BENCHMARK["FULL"])
+def test_default_transformer_has_the_stated_shape(bench):
+    spec = bench["case_spec"]("transformer", bench["FULL"])
     leaves = jax.tree.leaves(spec)
     d, vocab, layers = 512, 32_000, 24
     per_layer = 4 * (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d) + 2 * 2 * d
@@ -337,8 +346,8 @@ def _step_inputs():
 
 
 @pytest.mark.parametrize("name", JAX_NAMES)
-def test_jitted_donated_step_matches_plain_update(name):
-    tx = dict(BENCHMARK["OPTIMIZERS"])[name]()
+def test_jitted_donated_step_matches_plain_update(bench, name):
+    tx = dict(bench["OPTIMIZERS"])[name]()
     params, grads = _step_inputs()
     # Two plain steps first, so that the compared step starts from moments
     # and a count that are not zero.
@@ -353,7 +362,7 @@ def test_jitted_donated_step_matches_plain_update(name):
         return optax.apply_updates(params, updates), state
 
     donated = jax.tree.map(jnp.copy, (params, state))
-    new = BENCHMARK["make_step"](tx)(*donated, grads[2])
+    new = bench["make_step"](tx)(*donated, grads[2])
     assert all(x.is_deleted() for x in jax.tree.leaves(donated))
 
     # Donating the buffers changes nothing in the computation: bit for bit.

@@ -1,16 +1,20 @@
 """The examples run and print what they promise (README blocks: test_readme.py)."""
 
-import pathlib
 import re
 import runpy
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+import checkout
+import pytest
+
+# Runs an example: not in the quick subset (conftest.py).
+pytestmark = pytest.mark.slow
 
 
 def test_quickstart_prints_seed_results(capsys, monkeypatch):
+    path = checkout.require("examples/quickstart.py")
     monkeypatch.setattr(sys, "argv", ["quickstart.py", "--steps", "40"])
-    runpy.run_path(str(ROOT / "examples" / "quickstart.py"), run_name="__main__")
+    runpy.run_path(str(path), run_name="__main__")
     out = capsys.readouterr().out
     assert "θ₁ = 1.9000" in out
     assert "g = -15.0000  m₁ = -1.5000  v₁ = 0.2250" in out

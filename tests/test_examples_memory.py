@@ -8,13 +8,15 @@ import contextlib
 import io
 import json
 import math
-import pathlib
 import re
 import runpy
 
+import checkout
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Runs an example: not in the quick subset (conftest.py).
+pytestmark = pytest.mark.slow
+
 KINDS = ("fp32", "bf16", "bf16-sr", "bf16-rd", "int8", "int4")
 TASKS = ("digits MLP", "byte transformer LM")
 # Starting losses: log(10) for 10 digit classes, log(256) for bytes; each run
@@ -30,9 +32,8 @@ COUNTERS = 64
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("state_memory")
     png, numbers = tmp / "curves" / "loss.png", tmp / "numbers.json"
-    namespace = runpy.run_path(
-        str(ROOT / "examples" / "state_memory.py"), run_name="state_memory"
-    )
+    path = checkout.require("examples/state_memory.py")
+    namespace = runpy.run_path(str(path), run_name="state_memory")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         results = namespace["main"](

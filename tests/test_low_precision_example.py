@@ -1,19 +1,24 @@
 """examples/low_precision.py --quick: the table's rows, dtypes and byte counts."""
 
 import math
-import pathlib
 
+import checkout
 import jax
 import jax.numpy as jnp
 import optax
+import pytest
 
 import adamx
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+# Runs an example: not in the quick subset (conftest.py).
+pytestmark = pytest.mark.slow
 
 
 def test_low_precision_quick(capsys, monkeypatch):
-    monkeypatch.syspath_prepend(str(EXAMPLES))
+    checkout.require("examples/state_memory.py")
+    monkeypatch.syspath_prepend(
+        str(checkout.require("examples/low_precision.py").parent)
+    )
     import low_precision
     import state_memory
 

@@ -7,31 +7,40 @@ unless the restarted run's final parameters and optimizer state equal the
 unbroken run's bit for bit and the save killed half-way was not restored.
 """
 
-import os
-import pathlib
-import subprocess
 import sys
 
+import background
+import checkout
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "examples" / "multihost.py"
+# Runs an example: not in the quick subset (conftest.py).
+pytestmark = pytest.mark.slow
+
 TIMEOUT_S = 600  # about 30 s here; three jobs of two compiling processes each
 
 
-def test_multihost_resume_after_sigkill_is_bitwise_identical():
-    if not EXAMPLE.is_file():
-        pytest.skip(f"needs the repository checkout: {EXAMPLE} is missing")
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLE)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        env=env,
-        check=False,
+def _command(env: dict[str, str]) -> background.Command:
+    example = checkout.require("examples/multihost.py")
+    return background.Command(
+        [sys.executable, str(example)],
+        TIMEOUT_S,
+        env=dict(env, JAX_PLATFORMS="cpu"),
+        cwd=example.parents[1],
     )
+
+
+# The example runs in a background job (background.py), started as soon as
+# the test below is selected, beside the rest of the suite.
+JOB = background.Job("multihost", _command, background.in_module(__name__, "run"))
+
+
+@pytest.fixture
+def run():
+    return JOB.result()
+
+
+def test_multihost_resume_after_sigkill_is_bitwise_identical(run):
+    proc = run
     out = proc.stdout
     assert proc.returncode == 0, f"exit {proc.returncode}\n{out}\n{proc.stderr[-4000:]}"
     assert "process 1 SIGKILLed itself while saving step 9" in out

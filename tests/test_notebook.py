@@ -8,27 +8,25 @@ split over a mesh as on a multi-core TPU.
 """
 
 import os
-import pathlib
 import re
 import subprocess
 import sys
 import types
 
+import checkout
 import nbformat
 import pytest
 from ipykernel.kernelspec import write_kernel_spec
 from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "examples" / "colab_tpu.ipynb"
 DEVICES = 2
 CELL_TIMEOUT_S = 50  # a guard against a hung kernel, not a speed requirement
 ACCURACY = re.compile(r"final test accuracy \((\w+) state\): (\d\.\d+)")
 
 
 def read_notebook():
-    return nbformat.read(NOTEBOOK, as_version=4)
+    return nbformat.read(checkout.require("examples/colab_tpu.ipynb"), as_version=4)
 
 
 def test_stored_without_outputs():
@@ -100,6 +98,7 @@ def stdout(nb):
     return "".join(out.text for out in outputs(nb, "stream") if out.name == "stdout")
 
 
+@pytest.mark.slow
 def test_runs_without_errors_or_warnings(executed):
     errors = outputs(executed, "error")
     assert not errors, "\n".join(
@@ -109,12 +108,14 @@ def test_runs_without_errors_or_warnings(executed):
     assert not stderr, "".join(stderr)
 
 
+@pytest.mark.slow
 def test_runs_data_parallel_on_the_cpu(executed):
     out = stdout(executed)
     assert "backend: cpu" in out
     assert f"{DEVICES} device(s), {128 // DEVICES} examples per device per step" in out
 
 
+@pytest.mark.slow
 def test_learns_the_digits(executed):
     out = stdout(executed)
     accuracies = dict(ACCURACY.findall(out))
@@ -128,6 +129,7 @@ def test_learns_the_digits(executed):
         assert run[-1] < 0.1 < run[0] / 2, run  # from log(10) ≈ 2.3 at the start
 
 
+@pytest.mark.slow
 def test_int8_state_layout_and_bytes(executed):
     out = stdout(executed)
     # Leaves of 4096 values or more hold 8-bit codes (signed for m, unsigned for

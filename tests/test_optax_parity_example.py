@@ -1,13 +1,16 @@
 """examples/optax_parity.py runs and reports small deviations for every pair."""
 
-import pathlib
 import runpy
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+import checkout
+import pytest
+
+# Runs an example: not in the quick subset (conftest.py).
+pytestmark = pytest.mark.slow
 
 
 def test_optax_parity_example_reports_every_pair(capsys):
-    module = runpy.run_path(str(ROOT / "examples" / "optax_parity.py"))
+    module = runpy.run_path(str(checkout.require("examples/optax_parity.py")))
     results = module["main"](["--steps", "20"])
     assert set(results) == set(module["pairs"]())
     # float32 rounding and exact 1 - beta keep 20 steps far below 1e-4.

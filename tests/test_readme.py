@@ -2,6 +2,7 @@
 
 Each block runs in its own subprocess, as a reader pasting it into a new file
 would run it: nothing from other blocks or from this test suite is defined.
+The subprocesses run beside the rest of the suite (tests/background.py).
 Warnings are errors and implicit rank promotion raises, as in the suite
 (``pyproject.toml``, ``tests/conftest.py``). Tracebacks name README.md and
 the README's own line numbers.
@@ -16,16 +17,18 @@ Some blocks promise a result: ``AFTER`` and ``PRINTS`` check it, by section.
 """
 
 import dataclasses
+import functools
 import os
 import pathlib
 import re
-import subprocess
 import sys
 
+import background
+import checkout
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+import adamx
+
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
 ANY_FENCE = re.compile(r"^```.*?^```[ \t]*$", re.M | re.S)
 NOT_RUN = re.compile(r"<!--\s*not run:\s*(.*?)\s*-->\s*$")
@@ -68,27 +71,28 @@ def python_blocks(markdown: str) -> list[Block]:
     return blocks
 
 
-def run_block(block: Block, tmp_path: pathlib.Path, check: str = "") -> str:
-    """Runs ``block`` (then ``check``) in a fresh interpreter; returns its stdout."""
+DRIVER = (
+    "import sys; source = sys.stdin.read(); "
+    "exec(compile(source, 'README.md', 'exec'), {'__name__': '__main__'})"
+)
+
+
+def block_command(block: Block, check: str, env: dict[str, str]) -> background.Command:
+    """Runs ``block`` (then ``check``) in a fresh interpreter, in an empty folder
+    (a block that writes files writes them there), warnings as errors."""
     # Padding puts each line at its README line number in tracebacks.
     source = "\n" * (block.line - 1) + block.code + check
-    driver = (
-        "import sys; source = sys.stdin.read(); "
-        "exec(compile(source, 'README.md', 'exec'), {'__name__': '__main__'})"
-    )
-    env = dict(os.environ)
-    path = [str(ROOT), env.get("PYTHONPATH", "")]
+    # The adamx this process imported (the checkout's or an installed one).
+    path = [str(pathlib.Path(adamx.__file__).parents[1]), env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
     env["JAX_NUMPY_RANK_PROMOTION"] = "raise"
-    result = subprocess.run(
-        [sys.executable, "-W", "error", "-c", driver],
-        input=source,
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,  # a block that writes files writes them here
-        env=env,
-        timeout=TIMEOUT_S,
-    )
+    args = [sys.executable, "-W", "error", "-c", DRIVER]
+    return background.Command(args, TIMEOUT_S, env=env, input=source)
+
+
+def run_block(block: Block) -> str:
+    """The stdout of ``block`` run on its own; fails on a nonzero exit."""
+    result = JOBS[block.index].result()
     assert result.returncode == 0, (
         f"README.md block {block.index} (line {block.line}, section "
         f"{block.section!r}) failed on its own:\n{result.stderr}"
@@ -107,14 +111,50 @@ PRINTS = {
     "Watching training: statistics, NaN and spikes": ["1 ", "51 "],
 }
 
-BLOCKS = python_blocks(README.read_text())
+# Read at collection, for one test per block; without a checkout, one test
+# that skips naming README.md.
+_README = checkout.find("README.md")
+BLOCKS = python_blocks(_README.read_text(encoding="utf-8")) if _README else []
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
-def test_readme_block_runs_on_its_own(block, tmp_path):
+def _wants(block: Block):
+    def wanted_by(item: pytest.Item) -> bool:
+        callspec = getattr(item, "callspec", None)
+        return (
+            getattr(item, "module", None) is not None
+            and item.module.__name__ == __name__
+            and callspec is not None
+            and callspec.params.get("block") is block
+        )
+
+    return wanted_by
+
+
+# Each block runs in a background job (background.py), started as soon as its
+# test is selected, beside the rest of the suite.
+JOBS = {
+    block.index: background.Job(
+        f"readme-block-{block.index}",
+        functools.partial(block_command, block, AFTER.get(block.section, "")),
+        _wants(block),
+    )
+    for block in BLOCKS
+    if not block.not_run
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "block",
+    BLOCKS or [pytest.param(None, id="README.md-missing")],
+    ids=[b.id for b in BLOCKS] or None,
+)
+def test_readme_block_runs_on_its_own(block):
+    if block is None:
+        checkout.require("README.md")
     if block.not_run:
         pytest.skip(f"README.md line {block.line}: not run: {block.not_run}")
-    stdout = run_block(block, tmp_path, AFTER.get(block.section, ""))
+    stdout = run_block(block)
     if block.section in PRINTS:
         lines, starts = stdout.splitlines(), PRINTS[block.section]
         assert len(lines) == len(starts), stdout
@@ -123,6 +163,7 @@ def test_readme_block_runs_on_its_own(block, tmp_path):
 
 
 def test_readme_blocks_and_their_checks():
+    checkout.require("README.md")
     sections = [b.section for b in BLOCKS if not b.not_run]
     assert len(sections) >= 4
     assert set(AFTER) | set(PRINTS) <= set(sections)

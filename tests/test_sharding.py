@@ -10,11 +10,10 @@ and ZeRO stage 1 (state split over "data"). The tests at the end check
 """
 
 import json
-import os
 import pathlib
-import subprocess
 import sys
 
+import background
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,17 +58,22 @@ ZERO = {
 }
 
 
+# The script runs in a background job (background.py), started as soon as
+# a selected test uses the `run` fixture, beside the rest of the suite.
+SCRIPT_JOB = background.Job(
+    "sharding_check",
+    lambda env: background.Command(
+        [sys.executable, str(SCRIPT)],
+        TIMEOUT_S,
+        env=dict(env, JAX_PLATFORMS="cpu"),
+    ),
+    background.in_module(__name__, "run"),
+)
+
+
 @pytest.fixture(scope="module")
 def run():
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT)],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        env=env,
-        check=False,
-    )
+    proc = SCRIPT_JOB.result()
     try:
         summary = json.loads(proc.stdout)
     except json.JSONDecodeError:
@@ -85,6 +89,7 @@ def results(run):
     return {(r["axes"], r["transform"]): r for r in summary["results"]}
 
 
+@pytest.mark.slow
 def test_script_exits_zero_with_every_check_passed(run):
     proc, summary = run
     assert summary["devices"] == 8
@@ -99,6 +104,7 @@ def zero(run):
     return {(r["transform"], r["axes"].split()[-1]): r for r in summary["zero"]}
 
 
+@pytest.mark.slow
 def test_summary_covers_every_transform_and_mesh(run, results, zero):
     _, summary = run
     assert sorted(results) == sorted(CASES)
@@ -108,6 +114,7 @@ def test_summary_covers_every_transform_and_mesh(run, results, zero):
     assert sorted(zero) == sorted(ZERO)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("axes", "name"), CASES, ids=IDS)
 def test_init_state_sharded_like_params(results, axes, name):
     result = results[axes, name]
@@ -122,6 +129,7 @@ def test_init_state_sharded_like_params(results, axes, name):
     assert any(p.endswith(".codes") for p in sharded) == quantized
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("axes", "name"), CASES, ids=IDS)
 def test_update_compiles_no_unexpected_collective(results, axes, name):
     result = results[axes, name]
@@ -136,6 +144,7 @@ def test_update_compiles_no_unexpected_collective(results, axes, name):
         assert counts[op] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("axes", "name"), CASES, ids=IDS)
 def test_update_keeps_shardings_and_values(results, axes, name):
     result = results[axes, name]
@@ -148,6 +157,7 @@ def test_update_keeps_shardings_and_values(results, axes, name):
     assert result["warnings"] == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("axes", "name"), CASES, ids=IDS)
 def test_state_shardings_name_the_init_states_shardings(results, axes, name):
     result = results[axes, name]
@@ -156,6 +166,7 @@ def test_state_shardings_name_the_init_states_shardings(results, axes, name):
     assert result["helper_leaves"] == len(result["init"]) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("axes", "name"), OPTAX_CASES, ids=[f"{a}-{n}" for a, n in OPTAX_CASES]
 )
@@ -170,6 +181,7 @@ def test_state_shardings_of_optax_chains(run, axes, name):
     assert any(leaf["expected"] != "P()" for leaf in report.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "layout"), ZERO, ids=[f"{name}-{layout}" for name, layout in ZERO]
 )
@@ -191,6 +203,7 @@ def test_zero_state_split_over_data(zero, name, layout):
     assert {op: n for op, n in counts.items() if n and op not in allowed} == {}
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_onto_abstract_state(run):
     _, summary = run
     result = summary["restore"]

@@ -10,17 +10,19 @@ import contextlib
 import io
 import itertools
 import math
-import pathlib
 import re
 import runpy
 import struct
 import zlib
 
+import checkout
 import jax
 import optax
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Runs an example: not in the quick subset (conftest.py).
+pytestmark = pytest.mark.slow
+
 OPTIMIZERS = (
     "optax.sgd",
     "optax.sgd momentum",
@@ -50,7 +52,8 @@ COUNTERS = 16
 
 @pytest.fixture(scope="module")
 def example():
-    return runpy.run_path(str(ROOT / "examples" / "train_digits.py"), run_name="td")
+    path = checkout.require("examples/train_digits.py")
+    return runpy.run_path(str(path), run_name="td")
 
 
 @pytest.fixture(scope="module")

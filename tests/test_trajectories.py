@@ -8,14 +8,16 @@ from the optimizers themselves.
 import contextlib
 import io
 import math
-import pathlib
 import re
 import runpy
 
+import checkout
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Runs an example: not in the quick subset (conftest.py).
+pytestmark = pytest.mark.slow
+
 STEPS = 60
 OPTIMIZERS = ("SGD", "momentum", "RMSProp", "AdaGrad", "Adam", "AdamW", "AMSGrad")
 FUNCTIONS = ("Rosenbrock", "Beale", "saddle")
@@ -27,9 +29,8 @@ START_LOSS = {"Rosenbrock": 12.5, "Beale": 41.25, "saddle": 1 - 1e-6 + 0.5e-12}
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     png = tmp_path_factory.mktemp("trajectories") / "paths" / "trajectories.png"
-    namespace = runpy.run_path(
-        str(ROOT / "examples" / "trajectories.py"), run_name="trajectories"
-    )
+    path = checkout.require("examples/trajectories.py")
+    namespace = runpy.run_path(str(path), run_name="trajectories")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         results = namespace["main"](["--quick", "--out", str(png)])
