@@ -291,7 +291,7 @@ def train(task: Task, kind: str, storage: dict[str, Any], params: Any) -> dict:
         end_value=task.learning_rate / 10,
     )
     opt = adamx.adamw(schedule, weight_decay=1e-4, **storage)
-    opt_state = opt.init(params)
+    opt_state = jax.jit(opt.init)(params)  # one compilation, not one per leaf
 
     @jax.jit
     def step(params, opt_state, batch):
