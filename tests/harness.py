@@ -248,7 +248,6 @@ def trajectories(
     tx: optax.GradientTransformation,
     dtype: Any = jnp.float32,
     view: StateView = jax.tree.leaves,
-    steps: int = PARITY_STEPS,
 ):
     """(params after every step, ``view(state)`` after every step), stacked.
 
@@ -264,7 +263,9 @@ def trajectories(
             params = optax.apply_updates(params, updates)
             return (params, state), (params, view(state))
 
-        _, history = jax.lax.scan(step, (params, tx.init(params)), None, length=steps)
+        _, history = jax.lax.scan(
+            step, (params, tx.init(params)), None, length=PARITY_STEPS
+        )
         return history
 
     return jax.device_get(run(params))
