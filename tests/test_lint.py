@@ -9,6 +9,7 @@ import ast
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import checkout
 import pytest
@@ -17,7 +18,9 @@ import pytest
 @pytest.mark.parametrize("command", [["check", "."], ["format", "--check", "."]])
 def test_ruff(command):
     root = checkout.require("pyproject.toml").parent
-    ruff = shutil.which("ruff")
+    # The ruff of this interpreter's environment, activated or not.
+    ruff = shutil.which("ruff", path=str(pathlib.Path(sys.executable).parent))
+    ruff = ruff or shutil.which("ruff")
     assert ruff is not None, "ruff is part of the test extra: pip install -e '.[test]'"
     result = subprocess.run([ruff, *command], cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
