@@ -140,6 +140,7 @@ def start(items: list[pytest.Item]) -> list[Job]:
 
 def stop() -> None:
     """Drops the jobs not started and kills the one running."""
+    global _worker
     while True:
         try:
             job = _queue.get_nowait()
@@ -147,7 +148,9 @@ def stop() -> None:
             break
         if job is not None:
             job._claim()  # never started now
-    _queue.put(None)
+    if _worker is not None:
+        _queue.put(None)
+        _worker = None
     for job in JOBS:
         job.kill()
 
