@@ -188,11 +188,13 @@ def test_state_can_be_donated():
     assert state.stats.step == 3
 
 
+@pytest.mark.slow
 def test_example_logs_a_falling_ratio_and_times_recording(tmp_path, capsys):
     import importlib.util
-    import pathlib
 
-    path = pathlib.Path(__file__).parents[1] / "examples" / "diagnostics.py"
+    import checkout
+
+    path = checkout.require("examples/diagnostics.py")
     spec = importlib.util.spec_from_file_location("diagnostics_example", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
