@@ -113,6 +113,7 @@ def built_site(tmp_path_factory):
     return docs, out / "html"
 
 
+@pytest.mark.slow
 def test_site_builds_with_warnings_as_errors(built_site):
     _, html = built_site
     for page in ["index.html", "api/index.html", *RENDERED_PAGES]:
@@ -152,6 +153,7 @@ def test_public_name_check_finds_what_is_missing():
     ]
 
 
+@pytest.mark.slow
 def test_missing_name_and_broken_reference_fail_the_build(tmp_path):
     docs = require_docs()
     source = tmp_path / "src"
@@ -192,6 +194,7 @@ def test_missing_name_and_broken_reference_fail_the_build(tmp_path):
     assert "not found: adamx.adam [" not in result.stderr
 
 
+@pytest.mark.slow
 def test_maths_renders_in_headless_chromium(built_site):
     docs, html = built_site
     sys.path.insert(0, str(docs))
