@@ -1,4 +1,7 @@
-"""Every ```python block of README.md runs on its own, in a fresh interpreter.
+"""Every ```python block of README.md and of the site's pages runs on its own.
+
+The pages are the Markdown sources under ``docs/``; the guides moved there
+from the README keep their code, and it keeps running here.
 
 Each block runs in its own subprocess, as a reader pasting it into a new file
 would run it: nothing from other blocks or from this test suite is defined.
@@ -39,8 +42,9 @@ TIMEOUT_S = 120
 class Block:
     """One ```python block: its code, where it is, and why it is not run."""
 
+    file: str  # README.md or a page under docs/
     index: int
-    line: int  # the README line of the block's first line of code
+    line: int  # the file's line of the block's first line of code
     section: str  # the nearest heading above it
     code: str
     not_run: str | None
@@ -48,10 +52,10 @@ class Block:
     @property
     def id(self) -> str:
         first = next((s for s in self.code.splitlines() if s.strip()), "")
-        return f"{self.index}-L{self.line}-{first.strip()[:40]}"
+        return f"{self.file}-{self.index}-L{self.line}-{first.strip()[:40]}"
 
 
-def python_blocks(markdown: str) -> list[Block]:
+def python_blocks(markdown: str, file: str = "README.md") -> list[Block]:
     """The ```python blocks of ``markdown``, in order."""
     blocks = []
     for index, match in enumerate(FENCE.finditer(markdown)):
@@ -61,6 +65,7 @@ def python_blocks(markdown: str) -> list[Block]:
         marker = NOT_RUN.search(previous[-1]) if previous else None
         blocks.append(
             Block(
+                file=file,
                 index=index,
                 line=before.count("\n") + 2,
                 section=headings[-1] if headings else "",
@@ -73,7 +78,7 @@ def python_blocks(markdown: str) -> list[Block]:
 
 DRIVER = (
     "import sys; source = sys.stdin.read(); "
-    "exec(compile(source, 'README.md', 'exec'), {'__name__': '__main__'})"
+    "exec(compile(source, sys.argv[1], 'exec'), {'__name__': '__main__'})"
 )
 
 
@@ -86,15 +91,15 @@ def block_command(block: Block, check: str, env: dict[str, str]) -> background.C
     path = [str(pathlib.Path(adamx.__file__).parents[1]), env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
     env["JAX_NUMPY_RANK_PROMOTION"] = "raise"
-    args = [sys.executable, "-W", "error", "-c", DRIVER]
+    args = [sys.executable, "-W", "error", "-c", DRIVER, block.file]
     return background.Command(args, TIMEOUT_S, env=env, input=source)
 
 
 def run_block(block: Block) -> str:
     """The stdout of ``block`` run on its own; fails on a nonzero exit."""
-    result = JOBS[block.index].result()
+    result = JOBS[block.file, block.index].result()
     assert result.returncode == 0, (
-        f"README.md block {block.index} (line {block.line}, section "
+        f"{block.file} block {block.index} (line {block.line}, section "
         f"{block.section!r}) failed on its own:\n{result.stderr}"
     )
     return result.stdout
@@ -114,7 +119,17 @@ PRINTS = {
 # Read at collection, for one test per block; without a checkout, one test
 # that skips naming README.md.
 _README = checkout.find("README.md")
-BLOCKS = python_blocks(_README.read_text(encoding="utf-8")) if _README else []
+_DOCS = checkout.find("docs")
+PAGES = ([_README] if _README else []) + (
+    sorted(p for p in _DOCS.rglob("*.md") if "_build" not in p.parts) if _DOCS else []
+)
+BLOCKS = [
+    block
+    for page in PAGES
+    for block in python_blocks(
+        page.read_text(encoding="utf-8"), str(page.relative_to(checkout.root()))
+    )
+]
 
 
 def _wants(block: Block):
@@ -133,8 +148,8 @@ def _wants(block: Block):
 # Each block runs in a background job (background.py), started as soon as its
 # test is selected, beside the rest of the suite.
 JOBS = {
-    block.index: background.Job(
-        f"readme-block-{block.index}",
+    (block.file, block.index): background.Job(
+        f"readme-block-{block.file.replace('/', '-')}-{block.index}",
         functools.partial(block_command, block, AFTER.get(block.section, "")),
         _wants(block),
     )
@@ -153,7 +168,7 @@ def test_readme_block_runs_on_its_own(block):
     if block is None:
         checkout.require("README.md")
     if block.not_run:
-        pytest.skip(f"README.md line {block.line}: not run: {block.not_run}")
+        pytest.skip(f"{block.file} line {block.line}: not run: {block.not_run}")
     stdout = run_block(block)
     if block.section in PRINTS:
         lines, starts = stdout.splitlines(), PRINTS[block.section]
@@ -164,11 +179,16 @@ def test_readme_block_runs_on_its_own(block):
 
 def test_readme_blocks_and_their_checks():
     checkout.require("README.md")
+    checkout.require("docs")
     sections = [b.section for b in BLOCKS if not b.not_run]
     assert len(sections) >= 4
     assert set(AFTER) | set(PRINTS) <= set(sections)
-    (ten_lines,) = (b for b in BLOCKS if b.section == "Ten lines")
+    (ten_lines,) = (
+        b for b in BLOCKS if b.section == "Ten lines" and b.file == "README.md"
+    )
     assert len(ten_lines.code.strip().splitlines()) <= 12
+    # the guides' code moved to the site with them, and runs there
+    assert {b.file for b in BLOCKS} >= {"README.md", "docs/lean_state.md"}
 
 
 def test_not_run_marker_is_read_from_the_line_before_the_fence():
@@ -184,5 +204,5 @@ def test_not_run_marker_is_read_from_the_line_before_the_fence():
         (12, "Hosts", "jax.distributed.initialize()\n", "needs two hosts"),
         (23, "Hosts", "y = 2\n", None),
     ]
-    assert blocks[0].id == "0-L4-# not a heading"
-    assert blocks[1].id == "1-L12-jax.distributed.initialize()"
+    assert blocks[0].id == "README.md-0-L4-# not a heading"
+    assert blocks[1].id == "README.md-1-L12-jax.distributed.initialize()"
