@@ -62,6 +62,10 @@ NON_NEGATIVE = Rule(lambda x: x >= 0, "must be >= 0")
 REAL = Rule(lambda x: np.isfinite(x) | np.isinf(x), "must be a real number")
 # RAdam's rectifier sqrt((ρ-4)(ρ-2)…) is real only for ρ >= 4.
 RECTIFIABLE = Rule(lambda x: x >= 4, "must be >= 4")
+# A finite ratio above 1, e.g. skip_spikes's factor in n_t <= f a_k.
+ABOVE_ONE = Rule(lambda x: (x > 1) & np.isfinite(x), "must be > 1")
+# A rate strictly between 0 and 1, e.g. a decay whose average must move.
+OPEN_UNIT = Rule(lambda x: (x > 0) & (x < 1), "must be in (0, 1)")
 
 
 def _concrete(caller: str, name: str, value: Any) -> np.ndarray | None:
@@ -90,13 +94,51 @@ def _concrete(caller: str, name: str, value: Any) -> np.ndarray | None:
     return array.astype(np.float64)
 
 
-def check_int(call: str, name: str, value: Any, low: int) -> None:
+def check_int(
+    call: str,
+    name: str,
+    value: Any,
+    low: int,
+    *,
+    or_none: bool = False,
+    numpy: bool = False,
+) -> None:
     """Raises ValueError quoting ``call(name=value)`` unless it is an int >= low.
 
-    Booleans are refused although Python counts them as ints.
+    Booleans are refused although Python counts them as ints. With
+    ``or_none``, None passes too; with ``numpy``, so do NumPy integers.
+
+    Example:
+      >>> check_int("f", "steps", True, 1)
+      Traceback (most recent call last):
+      ...
+      ValueError: f(steps=True): steps must be an int >= 1
+      >>> check_int("f", "steps", -1, 0, or_none=True)
+      Traceback (most recent call last):
+      ...
+      ValueError: f(steps=-1): steps must be None or an int >= 0
     """
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{call}({name}={value!r}): {name} must be an int >= {low}")
+    if or_none and value is None:
+        return
+    ints = (int, np.integer) if numpy else int
+    if not isinstance(value, ints) or isinstance(value, bool) or value < low:
+        wanted = f"None or an int >= {low}" if or_none else f"an int >= {low}"
+        raise ValueError(f"{call}({name}={value!r}): {name} must be {wanted}")
+
+
+def check_choice(call: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
+    """Raises ValueError quoting ``call(name=value)`` unless it is one of ``choices``.
+
+    Example:
+      >>> check_choice("f", "mode", "fast", ("skip", "zero"))
+      Traceback (most recent call last):
+      ...
+      ValueError: f(mode='fast'): mode must be "skip" or "zero"
+    """
+    if not isinstance(value, str) or value not in choices:
+        *rest, last = [f'"{choice}"' for choice in choices]
+        options = f"{', '.join(rest)} or {last}" if rest else last
+        raise ValueError(f"{call}({name}={value!r}): {name} must be {options}")
 
 
 def check(caller: str, rule: Rule, **arguments: Any) -> None:
@@ -119,3 +161,17 @@ def check(caller: str, rule: Rule, **arguments: Any) -> None:
         concrete = _concrete(caller, name, value)
         if concrete is not None and not np.all(rule.holds(concrete)):
             raise ValueError(f"{caller}({name}={value!r}): {name} {rule.sentence}")
+
+
+def check_number(caller: str, rule: Rule, **arguments: Any) -> None:
+    """:func:`check`, and each concrete argument is one number, not an array.
+
+    Raises:
+      TypeError, ValueError: as :func:`check`; ValueError too for an array,
+        naming the argument.
+    """
+    check(caller, rule, **arguments)
+    caller = caller_name(caller)
+    for name, value in arguments.items():
+        if not isinstance(value, jax.core.Tracer) and np.ndim(value) != 0:
+            raise ValueError(f"{caller}({name}={value!r}): {name} must be one number")

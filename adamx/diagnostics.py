@@ -27,7 +27,7 @@ import optax
 from adamx._reduce import norm_and_largest, one_after, times_one
 from adamx._signals import collecting, trace_state
 from adamx._tree import count_nonfinite, floating_leaves
-from adamx._validation import quoting
+from adamx._validation import check_int, quoting
 
 __all__ = ["Stats", "WithStatsState", "with_stats"]
 
@@ -146,8 +146,7 @@ def with_stats(
       Section 2.1. https://arxiv.org/abs/1412.6980
     """
     caller = f"with_stats(every={every!r}, snr={snr!r})"
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"{caller}: every must be a positive int, got {every!r}")
+    check_int("with_stats", "every", every, 1)
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):

@@ -31,12 +31,18 @@ from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from adamx import numerics
 from adamx._tree import count_nonfinite, global_norm
-from adamx._validation import Rule, caller_name, check
+from adamx._validation import (
+    ABOVE_ONE,
+    OPEN_UNIT,
+    caller_name,
+    check_choice,
+    check_int,
+    check_number,
+)
 
 __all__ = [
     "NonfiniteState",
@@ -44,8 +50,6 @@ __all__ = [
     "nonfinite_policy",
     "skip_spikes",
 ]
-
-_POLICIES = ("skip", "zero")
 
 
 class NonfiniteState(NamedTuple):
@@ -92,10 +96,6 @@ class SpikeState(NamedTuple):
     last_norm: jax.Array
 
 
-def _is_inexact(leaf: Any) -> bool:
-    return jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
-
-
 def _check_state_unchanged_in_type(caller: str, old: Any, new: Any) -> None:
     """Raises TypeError unless ``new`` has ``old``'s structure, shapes and dtypes.
 
@@ -123,8 +123,36 @@ def _check_state_unchanged_in_type(caller: str, old: Any, new: Any) -> None:
             )
 
 
-def _zeros_like_shapes(shapes: Any) -> Any:
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+def _count_if(flag: jax.Array, counter: jax.Array) -> jax.Array:
+    """``counter`` plus one where ``flag`` holds, saturating."""
+    return jnp.where(flag, optax.safe_increment(counter), counter)
+
+
+def _guarded_step(caller, run, updates, state, take, ran=None):
+    """Both guards' step: ``run(updates)``, the inner update, if ``take`` holds.
+
+    Otherwise the step is skipped: zero updates (in the inner updates' dtypes),
+    ``state.inner_state`` handed back bit for bit and ``state.skipped`` counted.
+    With ``ran``, ``run(updates)`` already computed to decide ``take``, the two
+    are selected between; without, ``run`` runs under ``jax.lax.cond``, only on
+    a taken step. Returns the updates, the inner state and the skipped count.
+    """
+    old = state.inner_state
+    if ran is None:
+        shapes = jax.eval_shape(run, updates)
+        _check_state_unchanged_in_type(caller, old, shapes[1])
+
+        def skip(g):
+            return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[0]), old
+
+        new_updates, new_state = jax.lax.cond(take, run, skip, updates)
+    else:
+        _check_state_unchanged_in_type(caller, old, ran[1])
+        new_updates = jax.tree.map(
+            lambda u: jnp.where(take, u, jnp.zeros_like(u)), ran[0]
+        )
+        new_state = jax.tree.map(lambda n, o: jnp.where(take, n, o), ran[1], old)
+    return new_updates, new_state, _count_if(~take, state.skipped)
 
 
 def nonfinite_policy(
@@ -217,19 +245,8 @@ def nonfinite_policy(
       this one generalizes. https://optax.readthedocs.io
     """
     caller = caller_name("nonfinite_policy")
-    if not isinstance(policy, str) or policy not in _POLICIES:
-        raise ValueError(
-            f'{caller}(policy={policy!r}): policy must be "skip" or "zero"'
-        )
-    if max_consecutive is not None and (
-        not isinstance(max_consecutive, (int, np.integer))
-        or isinstance(max_consecutive, bool)
-        or max_consecutive < 0
-    ):
-        raise ValueError(
-            f"{caller}(max_consecutive={max_consecutive!r}): max_consecutive must "
-            "be None or an int >= 0"
-        )
+    check_choice(caller, "policy", policy, ("skip", "zero"))
+    check_int(caller, "max_consecutive", max_consecutive, 0, or_none=True, numpy=True)
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):
@@ -254,40 +271,19 @@ def nonfinite_policy(
         if policy == "zero":
 
             def repair(g):
-                if not _is_inexact(g):
+                if not jnp.issubdtype(jnp.result_type(g), jnp.inexact):
                     return g
                 return jnp.where(guarding & ~jnp.isfinite(g), jnp.zeros_like(g), g)
 
             new_updates, new_inner = run(jax.tree.map(repair, updates))
             skipped = state.skipped
         else:
-            shapes = jax.eval_shape(run, updates)
-            _check_state_unchanged_in_type(caller, state.inner_state, shapes[1])
-            skip = bad & guarding
-            new_updates, new_inner = jax.lax.cond(
-                skip,
-                lambda g: (_zeros_like_shapes(shapes[0]), state.inner_state),
-                run,
-                updates,
-            )
-            skipped = jnp.where(
-                skip, optax.safe_increment(state.skipped), state.skipped
+            new_updates, new_inner, skipped = _guarded_step(
+                caller, run, updates, state, ~(bad & guarding)
             )
         return new_updates, NonfiniteState(new_inner, nonfinite, skipped, consecutive)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-# skip_spikes's two numbers, as declared rules (adamx._validation).
-_SPIKE_FACTOR = Rule(lambda x: (x > 1) & np.isfinite(x), "must be > 1")
-_OPEN_DECAY = Rule(lambda x: (x > 0) & (x < 1), "must be in (0, 1)")
-
-
-def _check_scalar(caller: str, name: str, value: Any, rule: Rule) -> None:
-    """:func:`adamx._validation.check`, and one number rather than an array."""
-    check(caller, rule, **{name: value})
-    if not isinstance(value, jax.core.Tracer) and np.ndim(value) != 0:
-        raise ValueError(f"{caller}({name}={value!r}): {name} must be one number")
 
 
 def skip_spikes(
@@ -409,18 +405,10 @@ def skip_spikes(
       https://arxiv.org/abs/1412.6980
     """
     caller = caller_name("skip_spikes")
-    _check_scalar(caller, "factor", factor, _SPIKE_FACTOR)
-    _check_scalar(caller, "decay", decay, _OPEN_DECAY)
-    if (
-        not isinstance(warmup, (int, np.integer))
-        or isinstance(warmup, bool)
-        or warmup < 0
-    ):
-        raise ValueError(f"{caller}(warmup={warmup!r}): warmup must be an int >= 0")
-    if not isinstance(norm_of, str) or norm_of not in ("updates", "gradients"):
-        raise ValueError(
-            f'{caller}(norm_of={norm_of!r}): norm_of must be "updates" or "gradients"'
-        )
+    check_number(caller, ABOVE_ONE, factor=factor)
+    check_number(caller, OPEN_UNIT, decay=decay)
+    check_int(caller, "warmup", warmup, 0, numpy=True)
+    check_choice(caller, "norm_of", norm_of, ("updates", "gradients"))
     inner = optax.with_extra_args_support(inner)
     # The first step is measured against nothing, so it is always accepted.
     always_accepted = max(int(warmup), 1)
@@ -431,50 +419,29 @@ def skip_spikes(
         return SpikeState(inner.init(params), zero_norm, zero, zero, zero_norm)
 
     def decide(norm, state):
-        """Whether to accept, and the counters and average that follow."""
+        """Whether to accept, and the count and average that follow."""
         average = state.norm_average.astype(jnp.float32)
         limit = numerics.hyperparameter(factor, jnp.float32) * average
         in_warmup = state.accepted < always_accepted
         accept = jnp.isfinite(norm) & (in_warmup | (norm <= limit))
-        accepted = jnp.where(
-            accept, optax.safe_increment(state.accepted), state.accepted
-        )
+        accepted = _count_if(accept, state.accepted)
         beta = numerics.as_decay(decay, jnp.float32)
         # At k = 0 (nothing accepted yet) the weight is unused; keep it finite.
         total = numerics.bias_correction_factor(beta, jnp.maximum(accepted, 1))
         weight = beta.complement / total
         norm_average = jnp.where(accept, average + weight * (norm - average), average)
-        skipped = jnp.where(accept, state.skipped, optax.safe_increment(state.skipped))
-        return accept, norm_average, accepted, skipped
+        return accept, norm_average, accepted
 
     def update_fn(updates, state, params=None, **extra_args):
         def run(g):
             return inner.update(g, state.inner_state, params, **extra_args)
 
-        if norm_of == "gradients":
-            norm = global_norm(updates)
-            accept, norm_average, accepted, skipped = decide(norm, state)
-            shapes = jax.eval_shape(run, updates)
-            _check_state_unchanged_in_type(caller, state.inner_state, shapes[1])
-            out, kept = jax.lax.cond(
-                accept,
-                run,
-                lambda g: (_zeros_like_shapes(shapes[0]), state.inner_state),
-                updates,
-            )
-        else:
-            candidate, new_inner = run(updates)
-            _check_state_unchanged_in_type(caller, state.inner_state, new_inner)
-            norm = global_norm(candidate)
-            accept, norm_average, accepted, skipped = decide(norm, state)
-            out = jax.tree.map(
-                lambda u: jnp.where(accept, u, jnp.zeros_like(u)), candidate
-            )
-            kept = jax.tree.map(
-                lambda new, old: jnp.where(accept, new, old),
-                new_inner,
-                state.inner_state,
-            )
+        # By the gradients, the step is decided before inner runs; by the
+        # updates, inner runs first and its candidate update is measured.
+        ran = None if norm_of == "gradients" else run(updates)
+        norm = global_norm(updates if ran is None else ran[0])
+        accept, norm_average, accepted = decide(norm, state)
+        out, kept, skipped = _guarded_step(caller, run, updates, state, accept, ran)
         return out, SpikeState(kept, norm_average, accepted, skipped, norm)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
