@@ -421,6 +421,7 @@ def _distance(a, b):
 TRAJECTORY_TOLERANCE = {"int8": 0.07, "int4": 0.3}
 
 
+@functools.cache  # the int8 and the int4 test of a variant share it
 def _float32_run(name):
     full = build(name)
     params, state = PARAMS, full.init(PARAMS)
