@@ -160,7 +160,8 @@ def update_moment(
     :math:`\beta = 0`. Where :math:`x - m` is infinite (a moment or a value
     that overflowed) both would subtract infinities, and the weighted sum is
     used instead: the average of a finite and an infinite number is infinite,
-    not NaN.
+    not NaN, and a side whose weight is 0 is dropped (at :math:`\beta = 0`
+    an infinite old moment gives way to a finite new value).
 
     >>> update_moment(jnp.array([0.0]), jnp.array([4.0]), 0.9)
     Array([0.4], dtype=float32)
@@ -177,8 +178,11 @@ def update_moment(
             complement < 0.5, moment + complement * step, value - rate * step
         )
     # Where one side is infinite the interpolation would subtract infinities;
-    # the weighted sum gives the infinity, as the average should.
-    return jnp.where(jnp.isinf(step), rate * moment + complement * value, interpolated)
+    # the weighted sum gives the infinity, as the average should. A zero
+    # weight drops its side, infinite or not (0 * inf would be NaN).
+    kept = jnp.where(rate == 0, 0, rate * moment)
+    added = jnp.where(complement == 0, 0, complement * value)
+    return jnp.where(jnp.isinf(step), kept + added, interpolated)
 
 
 def bias_correction_factor(decay: ArrayLike | Decay, count: ArrayLike) -> jax.Array:
